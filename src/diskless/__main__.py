@@ -1,0 +1,5 @@
+"""``python -m diskless`` runs the command-line interface."""
+
+from diskless.cli.main import app
+
+app()
