@@ -19,6 +19,7 @@ from typing import Protocol, Self, runtime_checkable
 
 from diskless.storage.errors import OutOfRangeError, ReadOnlyError, StorageError
 from diskless.storage.fileio import pread_exact, punch_hole, pwrite_all
+from diskless.storage.locking import lock_image
 
 __all__ = [
     "SECTOR_SIZE",
@@ -94,11 +95,15 @@ class BlockDevice(Protocol):
         """Fill all of ``buf`` with the bytes at ``offset``."""
 
     def read_plan(self, offset: int, length: int) -> list[Extent]:
-        """Where the bytes of the range live, in order; the extents' lengths add up to ``length``."""
+        """Where the bytes of the range live, in order; the lengths add up to ``length``."""
 
-    def write(self, offset: int, data: bytes | bytearray | memoryview, *, fua: bool = False) -> None: ...
+    def write(
+        self, offset: int, data: bytes | bytearray | memoryview, *, fua: bool = False
+    ) -> None: ...
 
-    def write_zeroes(self, offset: int, length: int, *, unmap: bool = True, fua: bool = False) -> None:
+    def write_zeroes(
+        self, offset: int, length: int, *, unmap: bool = True, fua: bool = False
+    ) -> None:
         """Make the range read as zeros; with ``unmap`` the backend may release the space."""
 
     def discard(self, offset: int, length: int) -> None:
@@ -112,13 +117,20 @@ class BlockDevice(Protocol):
 
     def close(self) -> None: ...
 
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
 
 def check_range(device_size: int, offset: int, length: int) -> None:
     """Raise :class:`OutOfRangeError` unless ``[offset, offset+length)`` lies inside the device."""
     if offset < 0 or length < 0 or offset + length > device_size:
-        raise OutOfRangeError(
-            f"range {offset}+{length} outside device of {device_size} bytes"
-        )
+        raise OutOfRangeError(f"range {offset}+{length} outside device of {device_size} bytes")
 
 
 def extents_length(plan: list[Extent]) -> int:
@@ -149,6 +161,11 @@ class RawImage:
             self._fd = os.open(self._path, flags | os.O_CLOEXEC)
         except OSError as exc:
             raise StorageError(f"{self._path}: cannot open raw image: {exc.strerror}") from exc
+        try:
+            lock_image(self._fd, self._path, write=not read_only)
+        except BaseException:
+            os.close(self._fd)
+            raise
         self._read_only = read_only
         self._size = os.fstat(self._fd).st_size
         self._lock = threading.Lock()
@@ -179,15 +196,22 @@ class RawImage:
         return bytes(buf)
 
     def readinto(self, offset: int, buf: bytearray | memoryview) -> None:
-        view = memoryview(buf).cast("B")
-        check_range(self._size, offset, len(view))
-        pread_exact(self._fd, view, offset)
+        view = memoryview(buf)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        length = len(view)
+        if offset < 0 or offset + length > self._size:
+            check_range(self._size, offset, length)
+        if os.preadv(self._fd, [view], offset) != length:
+            pread_exact(self._fd, view, offset)
 
     def read_plan(self, offset: int, length: int) -> list[Extent]:
         check_range(self._size, offset, length)
         return [FileExtent(self._fd, offset, length)] if length else []
 
-    def write(self, offset: int, data: bytes | bytearray | memoryview, *, fua: bool = False) -> None:
+    def write(
+        self, offset: int, data: bytes | bytearray | memoryview, *, fua: bool = False
+    ) -> None:
         self._check_writable()
         view = memoryview(data).cast("B")
         check_range(self._size, offset, len(view))
@@ -195,7 +219,9 @@ class RawImage:
         if fua:
             os.fdatasync(self._fd)
 
-    def write_zeroes(self, offset: int, length: int, *, unmap: bool = True, fua: bool = False) -> None:
+    def write_zeroes(
+        self, offset: int, length: int, *, unmap: bool = True, fua: bool = False
+    ) -> None:
         self._check_writable()
         check_range(self._size, offset, length)
         if not (unmap and punch_hole(self._fd, offset, length)):

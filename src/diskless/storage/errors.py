@@ -16,7 +16,7 @@ class StorageError(DisklessError):
 
 
 class ImageFormatError(StorageError):
-    """The file is not a valid image of the format it claims to be (truncated, corrupt, unsupported)."""
+    """The file is not a valid image of its format (truncated, corrupt or unsupported)."""
 
     def __init__(self, path: Path | str, reason: str) -> None:
         self.path = Path(path)

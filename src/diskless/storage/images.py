@@ -64,7 +64,9 @@ def open_image(
         return Qcow2Image(path, read_only=read_only, sync=sync, _chain_depth=_chain_depth)
     if fmt == "raw":
         return RawImage(path, read_only=read_only)
-    raise StorageError(f"{path}: unsupported image format {fmt!r} (supported: {', '.join(FORMATS)})")
+    raise StorageError(
+        f"{path}: unsupported image format {fmt!r} (supported: {', '.join(FORMATS)})"
+    )
 
 
 def inspect_image(path: Path | str) -> ImageInfo:

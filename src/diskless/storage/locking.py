@@ -1,10 +1,10 @@
 """Image file locks that QEMU understands.
 
 QEMU (``block/file-posix.c``) advertises what an open image is used for with open-file-description
-byte locks: a shared lock on byte ``100 + bit`` for each permission it holds and on ``200 + bit`` for
-each permission it refuses to share. Taking the same locks means ``qemu-img``/``qemu-io`` refuse to
-write an overlay we are serving (and tell the operator why), and we refuse to open an overlay that a
-QEMU process is writing, instead of both silently corrupting it.
+byte locks: a shared lock on byte ``100 + bit`` for each permission it holds and on ``200 + bit``
+for each permission it refuses to share. Taking the same locks means ``qemu-img`` and ``qemu-io``
+refuse to touch an overlay we are serving (and tell the operator why), and we refuse to open an
+overlay that a QEMU process is writing, instead of both silently corrupting it.
 """
 
 from __future__ import annotations
@@ -46,10 +46,10 @@ def lock_image(fd: int, path: Path, *, write: bool) -> None:
     unshared = {_PERM_WRITE, _PERM_RESIZE}
     for perm in held:
         if _conflicts(fd, _SHARED_BASE + perm):
-            raise ImageBusyError(f"{path}: another process does not share the permission we need")
+            raise ImageBusyError(f"{path}: is in use by another user that forbids sharing it")
     for perm in unshared:
         if _conflicts(fd, _PERM_BASE + perm):
-            raise ImageBusyError(f"{path}: is in use by another process (locked)")
+            raise ImageBusyError(f"{path}: is in use by another user (locked)")
     for perm in _ALL_PERMS:
         if perm in held:
             _set_shared_lock(fd, path, _PERM_BASE + perm)
@@ -75,6 +75,6 @@ def _set_shared_lock(fd: int, path: Path, byte: int) -> None:
         fcntl.fcntl(fd, _F_OFD_SETLK, request)
     except OSError as exc:
         if exc.errno in (errno.EAGAIN, errno.EACCES):
-            raise ImageBusyError(f"{path}: is in use by another process (locked)") from exc
+            raise ImageBusyError(f"{path}: is in use by another user (locked)") from exc
         if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
             raise

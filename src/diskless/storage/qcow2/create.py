@@ -41,7 +41,8 @@ def create_qcow2(
 
     ``backing`` is stored verbatim; when relative, readers resolve it against the directory of
     ``path`` (as QEMU does). ``size`` defaults to the backing image's virtual size. The result is
-    byte-identical to ``qemu-img create -f qcow2 [-b B -F FMT] -o cluster_size=N,extended_l2=on|off``.
+    byte-identical to what ``qemu-img create -f qcow2 [-b B -F FMT]
+    -o cluster_size=N,extended_l2=on|off`` writes.
     """
     path = Path(path)
     cluster_bits = cluster_size.bit_length() - 1
@@ -105,7 +106,9 @@ class _Layout:
             blocks.append(used_clusters)
             used_clusters += 1
         if len(blocks) * 8 > cluster_size * self.refcount_table_clusters:
-            raise StorageError("image too large for a one-cluster refcount table; use larger clusters")
+            raise StorageError(
+                "image too large for a one-cluster refcount table; use larger clusters"
+            )
         self.refcount_blocks = blocks
         self.used_clusters = used_clusters
         self.refcounts_per_block = refcounts_per_block
@@ -127,9 +130,10 @@ def _write_atomically(path: Path, layout: _Layout, header_bytes: bytes) -> None:
     try:
         os.ftruncate(fd, layout.file_length)
         os.pwrite(fd, header_bytes, 0)
-        table = struct.pack(f">{len(layout.refcount_blocks)}Q", *(
-            block * cluster_size for block in layout.refcount_blocks
-        ))
+        table = struct.pack(
+            f">{len(layout.refcount_blocks)}Q",
+            *(block * cluster_size for block in layout.refcount_blocks),
+        )
         os.pwrite(fd, table, layout.refcount_table_offset)
         per_block = layout.refcounts_per_block
         for index, block in enumerate(layout.refcount_blocks):

@@ -193,7 +193,9 @@ def parse_header(cluster0: bytes, file_size: int) -> Header:
     if version not in (2, 3):
         raise HeaderError(f"unsupported qcow2 version {version}")
     if not MIN_CLUSTER_BITS <= cluster_bits <= MAX_CLUSTER_BITS:
-        raise HeaderError(f"cluster_bits {cluster_bits} outside {MIN_CLUSTER_BITS}..{MAX_CLUSTER_BITS}")
+        raise HeaderError(
+            f"cluster_bits {cluster_bits} outside {MIN_CLUSTER_BITS}..{MAX_CLUSTER_BITS}"
+        )
     cluster_size = 1 << cluster_bits
     if version == 2:
         incompatible = compatible = autoclear = 0
@@ -241,7 +243,10 @@ def parse_header(cluster0: bytes, file_size: int) -> Header:
         raise HeaderError(f"L1 table of {l1_size} entries is too large")
     if l1_size:
         _check_table("L1 table", l1_table_offset, l1_size * 8, cluster_size, file_size)
-    if refcount_table_clusters == 0 or refcount_table_clusters * cluster_size > MAX_REFCOUNT_TABLE_BYTES:
+    if (
+        refcount_table_clusters == 0
+        or refcount_table_clusters * cluster_size > MAX_REFCOUNT_TABLE_BYTES
+    ):
         raise HeaderError(f"invalid refcount_table_clusters {refcount_table_clusters}")
     _check_table(
         "refcount table",
@@ -297,7 +302,9 @@ def parse_header(cluster0: bytes, file_size: int) -> Header:
 
 def _check_table(name: str, offset: int, length: int, cluster_size: int, file_size: int) -> None:
     if offset == 0 or offset % cluster_size:
-        raise HeaderError(f"{name} offset {offset:#x} is not a non-zero multiple of the cluster size")
+        raise HeaderError(
+            f"{name} offset {offset:#x} is not a non-zero multiple of the cluster size"
+        )
     if offset + length > file_size:
         raise HeaderError(f"{name} at {offset:#x} (+{length}) lies past the end of the file")
 

@@ -1,4 +1,4 @@
-"""A qcow2 image as a :class:`~diskless.storage.blockdev.BlockDevice`: mapping, reads, writes, flush.
+"""A qcow2 image as a :class:`~diskless.storage.blockdev.BlockDevice`: mapping, I/O, flush.
 
 Reads follow qcow2.rst "Cluster mapping": guest offset → L1 entry → L2 entry → host offset, a zero
 cluster, a compressed cluster, or "ask the backing file". Writes allocate host clusters at the end
@@ -11,7 +11,7 @@ on-disk metadata describes a consistent image. :meth:`flush` writes, with a barr
 
 1. guest data, new L2 tables (not yet referenced) and refcount blocks;
 2. refcount-table entries for new refcount blocks (only when there are any);
-3. updated L2 tables and L1 entries — now every cluster they reference is counted and holds its data;
+3. updated L2 tables and L1 entries (every cluster they reference is now counted and written);
 4. and only then drops the refcounts of clusters the new tables no longer reference.
 
 A crash anywhere therefore leaves at worst leaked clusters (``qemu-img check`` exit 3), never a
@@ -153,6 +153,8 @@ class Qcow2Image:
         self._l2_bits = self._l2_entries.bit_length() - 1
         self._subcluster_bits = self._cluster_bits - 5
         self._zero_flag = header.version >= 3 and not self._extended
+        self._cluster_mask = self._cluster_size - 1
+        self._l2_mask = self._l2_entries - 1
         self._file_size = file_size
         raw_l1 = bytearray(header.l1_size * 8)
         pread_exact(self._fd, memoryview(raw_l1), header.l1_table_offset)
@@ -172,14 +174,18 @@ class Qcow2Image:
 
     def _prepare_for_writing(self, header: Header, file_size: int) -> None:
         if header.incompatible_features & INCOMPAT_CORRUPT:
-            raise ImageFormatError(self._path, "marked corrupt; repair with `qemu-img check -r all`")
+            raise ImageFormatError(
+                self._path, "marked corrupt; repair with `qemu-img check -r all`"
+            )
         if header.incompatible_features & INCOMPAT_DIRTY:
             raise ImageFormatError(
                 self._path,
                 "dirty (lazy refcounts were not written back); repair with `qemu-img check -r all`",
             )
         if header.nb_snapshots:
-            raise ImageFormatError(self._path, "images with internal snapshots are opened read-only")
+            raise ImageFormatError(
+                self._path, "images with internal snapshots are opened read-only"
+            )
         self._refcounts = Refcounts(
             self._fd,
             self._path,
@@ -199,14 +205,18 @@ class Qcow2Image:
             )
             self._barrier()
 
-    def _attach_backing(self, header: Header, backing: BlockDevice | None, chain_depth: int) -> None:
+    def _attach_backing(
+        self, header: Header, backing: BlockDevice | None, chain_depth: int
+    ) -> None:
         if backing is not None:
             self._backing = backing
             return
         if header.backing_file is None:
             return
         if chain_depth >= MAX_BACKING_CHAIN:
-            raise BackingFileError(self._path, header.backing_file, "backing chain too deep (loop?)")
+            raise BackingFileError(
+                self._path, header.backing_file, "backing chain too deep (loop?)"
+            )
         backing_path = Path(header.backing_file)
         if not backing_path.is_absolute():
             backing_path = self._path.parent / backing_path
@@ -267,15 +277,86 @@ class Qcow2Image:
         return bytes(buf)
 
     def readinto(self, offset: int, buf: bytearray | memoryview) -> None:
-        view = memoryview(buf).cast("B")
-        fill_from_plan(self.read_plan(offset, len(view)), view)
+        view = memoryview(buf)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        length = len(view)
+        if offset < 0 or offset + length > self._size:
+            check_range(self._size, offset, length)
+        located = self._locate_simple(offset, length)
+        if located is None:
+            fill_from_plan(self.read_plan(offset, length), view)
+            return
+        kind, where = located
+        if kind == _DATA:
+            if os.preadv(self._fd, [view], where) != length:
+                pread_exact(self._fd, view, where)
+        elif kind == _BACKING:
+            self._read_backing_into(where, view)
+        else:
+            view[:] = bytes(length)
 
     def read_plan(self, offset: int, length: int) -> list[Extent]:
         check_range(self._size, offset, length)
-        plan: list[Extent] = []
+        located = self._locate_simple(offset, length) if length else None
+        plan: list[Extent]
+        if located is not None:
+            kind, where = located
+            if kind == _DATA:
+                return [FileExtent(self._fd, where, length)]
+            if kind == _ZERO:
+                return [ZeroExtent(length)]
+            plan = []
+            self._emit_backing(where, length, plan)
+            return plan
+        plan = []
         with self._lock:
             self._plan(offset, length, plan)
         return plan
+
+    def _locate_simple(self, pos: int, length: int) -> tuple[int, int] | None:
+        """``(kind, where)`` when the range is one run inside one cluster whose L2 table is cached.
+
+        The hot path of small reads: no lock (the GIL makes each table read atomic, and a writer
+        publishes an entry only after its data is written), no list, no merging. ``None`` sends
+        the caller down the general path.
+        """
+        in_cluster = pos & self._cluster_mask
+        if in_cluster + length > self._cluster_size:
+            return None
+        cluster = pos >> self._cluster_bits
+        l2_offset = self._l1[cluster >> self._l2_bits] & L1E_OFFSET_MASK
+        if not l2_offset:
+            return _BACKING, pos
+        table = self._l2_cache.get(l2_offset)
+        if table is None:
+            return None
+        index = cluster & self._l2_mask
+        if self._extended:
+            descriptor = table[2 * index]
+            if descriptor & L2E_COMPRESSED:
+                return None
+            bitmap = table[2 * index + 1]
+            first = in_cluster >> self._subcluster_bits
+            last = (in_cluster + length - 1) >> self._subcluster_bits
+            wanted = ((2 << last) - 1) ^ ((1 << first) - 1)
+            allocated = bitmap & wanted
+            zeros = (bitmap >> SUBCLUSTERS_PER_CLUSTER) & wanted
+            if allocated == wanted and not zeros:
+                return _DATA, self._data_offset(descriptor, pos) + in_cluster
+            if not allocated and not zeros:
+                return _BACKING, pos
+            if zeros == wanted and not allocated:
+                return _ZERO, 0
+            return None
+        entry = table[index]
+        if entry & L2E_COMPRESSED:
+            return None
+        if entry & L2E_ZERO and self._zero_flag:
+            return _ZERO, 0
+        if entry & L2E_OFFSET_MASK:
+            return _DATA, self._data_offset(entry, pos) + in_cluster
+        return _BACKING, pos
 
     def _plan(self, offset: int, length: int, plan: list[Extent]) -> None:
         """Append the extents of a guest range to ``plan``, merging contiguous runs."""
@@ -333,7 +414,7 @@ class Qcow2Image:
     def _map_extended(
         self, table: array[int], index: int, in_cluster: int, pos: int, end: int
     ) -> tuple[int, int, int]:
-        """Classify the run of like subclusters starting at ``pos`` within one extended-L2 cluster."""
+        """Classify the run of like subclusters from ``pos`` within one extended-L2 cluster."""
         descriptor = table[2 * index]
         if descriptor & L2E_COMPRESSED:
             return _COMPRESSED, descriptor, min(end - pos, self._cluster_size - in_cluster)
@@ -440,10 +521,11 @@ class Qcow2Image:
         return data
 
     def _load_l2(self, l2_offset: int) -> array[int]:
-        if l2_offset & (self._cluster_size - 1) or l2_offset + self._cluster_size > self._data_limit():
-            raise ImageFormatError(
-                self._path, f"L2 table at {l2_offset:#x} lies outside the file"
-            )
+        if (
+            l2_offset & (self._cluster_size - 1)
+            or l2_offset + self._cluster_size > self._data_limit()
+        ):
+            raise ImageFormatError(self._path, f"L2 table at {l2_offset:#x} lies outside the file")
         raw = bytearray(self._cluster_size)
         pread_exact(self._fd, memoryview(raw), l2_offset)
         table = _load_be64(raw)
@@ -462,7 +544,9 @@ class Qcow2Image:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def write(self, offset: int, data: bytes | bytearray | memoryview, *, fua: bool = False) -> None:
+    def write(
+        self, offset: int, data: bytes | bytearray | memoryview, *, fua: bool = False
+    ) -> None:
         self._check_writable()
         view = memoryview(data).cast("B")
         check_range(self._size, offset, len(view))
@@ -478,7 +562,9 @@ class Qcow2Image:
             self._data_dirty = True
             self._after_update(fua)
 
-    def write_zeroes(self, offset: int, length: int, *, unmap: bool = True, fua: bool = False) -> None:
+    def write_zeroes(
+        self, offset: int, length: int, *, unmap: bool = True, fua: bool = False
+    ) -> None:
         self._check_writable()
         check_range(self._size, offset, length)
         with self._lock:
@@ -495,9 +581,8 @@ class Qcow2Image:
         self.write_zeroes(offset, length, unmap=True)
 
     def _after_update(self, fua: bool) -> None:
-        if fua:
-            self._flush_locked()
-        elif (len(self._dirty_l2) << self._cluster_bits) > MAX_DIRTY_METADATA_BYTES:
+        too_much_dirty = (len(self._dirty_l2) << self._cluster_bits) > MAX_DIRTY_METADATA_BYTES
+        if fua or too_much_dirty:
             self._flush_locked()
 
     def _check_writable(self) -> None:
@@ -505,7 +590,7 @@ class Qcow2Image:
             raise ReadOnlyError(f"{self._path}: opened read-only")
 
     def _l2_for_write(self, pos: int) -> tuple[array[int], int]:
-        """The L2 table mapping ``pos`` and the entry index in it, allocating the table if needed."""
+        """The L2 table mapping ``pos`` and the entry's index, allocating the table if needed."""
         cluster = pos >> self._cluster_bits
         l1_index = cluster >> self._l2_bits
         l1_entry = self._l1[l1_index]
@@ -514,8 +599,7 @@ class Qcow2Image:
         if l2_offset:
             if not l1_entry & OFLAG_COPIED:
                 raise ImageFormatError(self._path, f"L2 table at {l2_offset:#x} is shared")
-            table = self._l2_cache.get(l2_offset) or self._load_l2(l2_offset)
-            return table, index
+            return self._l2_cache.get(l2_offset) or self._load_l2(l2_offset), index
         l2_offset = self._allocate_cluster()
         table: array[int] = array("Q", bytes(self._cluster_size))
         self._l2_cache[l2_offset] = table
@@ -600,7 +684,9 @@ class Qcow2Image:
         tail = self._old_content(base, cluster_start, tail_start, tail_length)
         pwrite_all(self._fd, memoryview(head + bytes(chunk) + tail), host)
 
-    def _old_content(self, base: bytes | None, cluster_start: int, start: int, length: int) -> bytes:
+    def _old_content(
+        self, base: bytes | None, cluster_start: int, start: int, length: int
+    ) -> bytes:
         if length == 0:
             return b""
         if base is None:
@@ -701,9 +787,7 @@ class Qcow2Image:
         table, index = self._l2_for_write(pos)
         entry = table[index]
         host = entry & L2E_OFFSET_MASK
-        keep = (
-            not unmap and host and not entry & L2E_COMPRESSED and bool(entry & OFLAG_COPIED)
-        )
+        keep = not unmap and host and not entry & L2E_COMPRESSED and bool(entry & OFLAG_COPIED)
         if keep:
             new_entry = host | OFLAG_COPIED | L2E_ZERO
         else:

@@ -88,7 +88,10 @@ class Refcounts:
         for index, block_offset in enumerate(self._table):
             if not block_offset:
                 continue
-            if block_offset & (self._cluster_size - 1) or block_offset + self._cluster_size > file_size:
+            if (
+                block_offset & (self._cluster_size - 1)
+                or block_offset + self._cluster_size > file_size
+            ):
                 raise ImageFormatError(
                     path, f"refcount block {index} at {block_offset:#x} lies outside the file"
                 )
@@ -149,7 +152,9 @@ class Refcounts:
     def write_table_entries(self) -> None:
         """Point the on-disk refcount table at blocks already written and synced."""
         for index in sorted(self._unwritten_entries):
-            os.pwrite(self._fd, struct.pack(">Q", self._table[index]), self._table_offset + index * 8)
+            os.pwrite(
+                self._fd, struct.pack(">Q", self._table[index]), self._table_offset + index * 8
+            )
         self._unwritten_entries.clear()
 
     def _add(self, cluster: int, delta: int) -> int:
@@ -160,7 +165,9 @@ class Refcounts:
         position = cluster % self._per_block
         value = block[position] + delta
         if value < 0 or value > self._max_refcount:
-            raise ImageFormatError(self._path, f"refcount of cluster {cluster} out of range ({value})")
+            raise ImageFormatError(
+                self._path, f"refcount of cluster {cluster} out of range ({value})"
+            )
         block[position] = value
         self._dirty_blocks.add(index)
         return value
@@ -191,9 +198,7 @@ class Refcounts:
         the new table before the header that points at it; the old table is freed afterwards.
         """
         entries_per_cluster = self._cluster_size // 8
-        new_clusters = max(
-            self._table_clusters * 2, -(-(min_entries + 1) // entries_per_cluster)
-        )
+        new_clusters = max(self._table_clusters * 2, -(-(min_entries + 1) // entries_per_cluster))
         new_table_cluster = self.alloc_end
         self.alloc_end += new_clusters
         old_offset, old_clusters = self._table_offset, self._table_clusters
@@ -214,5 +219,7 @@ class Refcounts:
             _HEADER_REFCOUNT_TABLE_AT,
         )
         self._sync()
-        for cluster in range(old_offset >> self._cluster_bits, (old_offset >> self._cluster_bits) + old_clusters):
+        for cluster in range(
+            old_offset >> self._cluster_bits, (old_offset >> self._cluster_bits) + old_clusters
+        ):
             self.release(cluster)
