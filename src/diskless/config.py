@@ -1,8 +1,8 @@
 """The configuration model: one TOML file, validated once at start-up and passed down.
 
-Every service reads its settings from the :class:`Settings` instance it is handed; nothing reads the
-environment or the file again later. Environment variables prefixed ``DISKLESS_`` (nested keys joined
-with ``__``, e.g. ``DISKLESS_STORAGE__OVERLAY_CLUSTER_SIZE``) override the file.
+Every service reads its settings from the :class:`Settings` instance it is handed; nothing reads
+the environment or the file again later. Environment variables prefixed ``DISKLESS_`` (nested keys
+joined with ``__``, e.g. ``DISKLESS_STORAGE__OVERLAY_CLUSTER_SIZE``) override the file.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from diskless.errors import ConfigError
@@ -53,8 +55,15 @@ class StorageSettings(_Section):
 
 
 class LoggingSettings(_Section):
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["console", "json"] = "console"
+    """What the server logs and how each line looks (all logs go to stderr)."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Least severe level written: debug, info, warning or error"
+    )
+    format: Literal["console", "json"] = Field(
+        default="console",
+        description="console: one key=value line per event; json: one JSON object per line",
+    )
 
 
 class Settings(BaseSettings):
@@ -84,6 +93,13 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
 
+def _explain(error: ErrorDetails) -> str:
+    # pydantic's wording for a forbidden extra key reads oddly to an operator editing a file.
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    return error["msg"]
+
+
 def load_settings(path: Path | None = None) -> Settings:
     """Read and validate ``path`` (a TOML file); ``None`` gives the embedded defaults.
 
@@ -104,10 +120,13 @@ def load_settings(path: Path | None = None) -> Settings:
     except ValidationError as exc:
         where = str(path) if path is not None else "configuration"
         problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or '(top level)'}: {error['msg']}"
+            f"{'.'.join(str(part) for part in error['loc']) or '(top level)'}: {_explain(error)}"
             for error in exc.errors()
         )
         raise ConfigError(f"{where}: {problems}") from exc
+    except SettingsError as exc:
+        # An environment variable that does not parse (e.g. malformed JSON for a whole section).
+        raise ConfigError(f"environment: {exc}") from exc
     if path is not None and not settings.data_dir.is_absolute():
         # A relative data_dir in a file means relative to that file, not to wherever we started.
         settings = settings.model_copy(update={"data_dir": path.parent / settings.data_dir})

@@ -1,0 +1,51 @@
+# Shared set-up for scripts/serve and scripts/test; sourced, not run.
+#
+# On a fresh Debian 12 machine, as root, `setup_machine` installs everything diskless needs: the
+# Debian packages below (plus Python and pip if the machine lacks them), uv from PyPI, and
+# then the caller syncs the locked Python environment into .venv. Each step is skipped when its
+# result is already there, so re-running is quick and needs no network.
+
+# Debian packages the server and its tests call at run time; later features append here.
+#   qemu-utils: qemu-img, used to create and check qcow2 overlays.
+APT_PACKAGES="qemu-utils"
+
+# Python comes from the machine (Debian 12 ships 3.11); uv must never download one.
+export UV_PYTHON_DOWNLOADS=never
+
+# Installs what is missing, then sets UV to the command that runs uv.
+setup_machine() {
+    local wanted=() missing=() pkg
+    read -r -a wanted <<<"$APT_PACKAGES"
+    command -v python3 >/dev/null 2>&1 || wanted+=(python3)
+    if ! command -v uv >/dev/null 2>&1 && ! python3 -m pip --version >/dev/null 2>&1; then
+        wanted+=(python3-pip)
+    fi
+    for pkg in "${wanted[@]}"; do
+        if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+            missing+=("$pkg")
+        fi
+    done
+    if ((${#missing[@]} > 0)); then
+        if ((EUID != 0)); then
+            echo "missing Debian packages: ${missing[*]}; run this script as root" >&2
+            return 1
+        fi
+        echo "installing Debian packages: ${missing[*]}" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update
+        apt-get install -y --no-install-recommends "${missing[@]}"
+    fi
+
+    if ! command -v uv >/dev/null 2>&1; then
+        echo "installing uv with pip" >&2
+        # Debian marks its Python as externally managed (PEP 668); uv is a standalone tool.
+        python3 -m pip install --quiet --root-user-action=ignore --break-system-packages uv
+        hash -r
+    fi
+    if command -v uv >/dev/null 2>&1; then
+        UV=(uv)
+    else
+        # pip put the script somewhere off PATH (e.g. a pyenv version without a rehash).
+        UV=(python3 -m uv)
+    fi
+}

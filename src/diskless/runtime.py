@@ -1,0 +1,192 @@
+"""The composition root of ``diskless serve``: settings in, running services out.
+
+:func:`serve` configures logging, lays out the data directory, builds the network services the
+settings enable, and runs them in one :class:`asyncio.TaskGroup` until SIGINT or SIGTERM. One
+event loop owns every service; a service that fails cancels the others (as ``errgroup`` does in
+Go netboot servers), and the failure is logged and turned into a non-zero exit status.
+
+A service is any object with a ``name`` and an ``async def run(self)`` that serves until it is
+cancelled and releases what it holds (sockets, open disks) in ``finally``; see :class:`Service`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Self
+
+from diskless import __version__
+from diskless.config import Settings
+from diskless.errors import ConfigError, DisklessError
+from diskless.observe.log import configure_logging, get_logger
+
+__all__ = [
+    "DataLayout",
+    "Service",
+    "build_services",
+    "prepare_data_dir",
+    "run_services",
+    "serve",
+]
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+_log = get_logger(__name__)
+
+
+class Service(Protocol):
+    """One long-running part of the server (iSCSI target, DHCP, TFTP, HTTP boot plane)."""
+
+    @property
+    def name(self) -> str:
+        """A short name for logs, e.g. ``"iscsi"``."""
+
+    async def run(self) -> None:
+        """Serve until cancelled; release every resource in ``finally``.
+
+        Raising stops the whole server: the other services are cancelled and ``serve`` exits 1.
+        Returning means the service is done; the others keep running.
+        """
+
+
+@dataclass(frozen=True, slots=True)
+class DataLayout:
+    """Where things live under ``data_dir`` (documented in ``docs/operations.md``)."""
+
+    root: Path
+    images: Path
+    disks: Path
+    state: Path
+
+    @classmethod
+    def under(cls, data_dir: Path) -> Self:
+        return cls(
+            root=data_dir,
+            images=data_dir / "images",
+            disks=data_dir / "disks",
+            state=data_dir / "state",
+        )
+
+
+def prepare_data_dir(data_dir: Path) -> DataLayout:
+    """Create the data directory and its top-level folders if missing.
+
+    Raises :class:`ConfigError` naming ``data_dir`` when a folder cannot be created, because the
+    fix is to point ``data_dir`` somewhere usable.
+    """
+    layout = DataLayout.under(data_dir.absolute())
+    for folder in (layout.root, layout.images, layout.disks, layout.state):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ConfigError(f"data_dir: cannot create {folder}: {reason}") from exc
+    return layout
+
+
+def build_services(settings: Settings, layout: DataLayout) -> list[Service]:
+    """The network services these settings enable, in start order.
+
+    None exist in this version; the iSCSI target and the DHCP, TFTP and HTTP boot services are
+    appended here as they land, each built from its own settings section.
+    """
+    del settings, layout  # Used by the services that land next.
+    return []
+
+
+async def run_services(services: Sequence[Service], *, stop: asyncio.Event) -> None:
+    """Run every service until ``stop`` is set, then cancel each and wait for it to finish.
+
+    If a service raises, the others are cancelled and the error propagates in an
+    :class:`ExceptionGroup`.
+    """
+    async with asyncio.TaskGroup() as group:
+        tasks = [
+            group.create_task(_supervise(service), name=f"service:{service.name}")
+            for service in services
+        ]
+        await stop.wait()
+        for task in tasks:
+            task.cancel()
+
+
+def serve(settings: Settings) -> int:
+    """Run the server with ``settings`` until SIGINT or SIGTERM; returns the exit status.
+
+    0 after a clean shutdown, 1 when a service failed. Start-up problems (an unusable
+    ``data_dir``) raise :class:`ConfigError` before anything runs.
+    """
+    configure_logging(settings.logging)
+    layout = prepare_data_dir(settings.data_dir)
+    _log.info("diskless starting", version=__version__, data_dir=str(layout.root))
+    _log_data_dir(layout)
+    services = build_services(settings, layout)
+    try:
+        asyncio.run(_serve_until_signalled(services))
+    except ExceptionGroup as group:
+        _log_failures(group)
+        return 1
+    _log.info("diskless stopped")
+    return 0
+
+
+async def _serve_until_signalled(services: Sequence[Service]) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def request_stop(signum: signal.Signals) -> None:
+        if not stop.is_set():
+            _log.info("shutting down", signal=signum.name)
+        stop.set()
+
+    try:
+        for signum in _STOP_SIGNALS:
+            loop.add_signal_handler(signum, request_stop, signum)
+        if not services:
+            _log.info(
+                "no network services are enabled yet in this version: "
+                "disks are managed with `diskless disk`"
+            )
+        # Logged only once the handlers are in place: whoever waits for "ready" may signal now.
+        _log.info("ready", services=[service.name for service in services])
+        await run_services(services, stop=stop)
+    finally:
+        for signum in _STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+
+
+async def _supervise(service: Service) -> None:
+    _log.info("service starting", service=service.name)
+    try:
+        await service.run()
+    finally:
+        _log.info("service stopped", service=service.name)
+
+
+def _log_data_dir(layout: DataLayout) -> None:
+    # Counted from the on-disk layout rather than through the storage catalog, so a damaged
+    # catalog entry cannot stop the server from starting; the storage code reports those itself.
+    images = sum(1 for _ in (layout.images / "catalog").glob("*.json"))
+    disks = sum(1 for _ in layout.disks.glob("*/disk.json"))
+    _log.info(
+        "data directory ready",
+        images=images,
+        disks=disks,
+        images_dir=str(layout.images),
+        disks_dir=str(layout.disks),
+        state_dir=str(layout.state),
+    )
+
+
+def _log_failures(group: BaseExceptionGroup[BaseException]) -> None:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            _log_failures(exc)
+        elif isinstance(exc, DisklessError):
+            _log.error("service failed", error=str(exc))
+        else:
+            # Anything that is not a DisklessError is a bug: keep the traceback.
+            _log.error("service crashed", exc_info=exc)
