@@ -56,8 +56,9 @@ def create_qcow2(
         if backing is None:
             raise StorageError(f"{path}: a size is needed when there is no backing file")
         size = _backing_size(path, backing, backing_format)
-    if size < 0 or size % 512:
-        raise StorageError(f"{path}: size {size} is not a non-negative multiple of 512")
+    if size < 0:
+        raise StorageError(f"{path}: negative size {size}")
+    size = -(-size // 512) * 512  # qemu-img rounds the virtual size up to whole sectors
 
     layout = _layout(size, cluster_bits, extended_l2)
     header = Header(
@@ -100,22 +101,35 @@ class _Layout:
         self.refcount_table_offset = cluster_size
         # An empty disk has no L1 table at all, and QEMU then records offset 0.
         self.l1_offset = 3 * cluster_size if self.l1_size else 0
-        used_clusters = 3 + l1_clusters
-        blocks = [2]
-        while len(blocks) * refcounts_per_block < used_clusters:
-            blocks.append(used_clusters)
-            used_clusters += 1
-        if len(blocks) * 8 > cluster_size * self.refcount_table_clusters:
+        # Refcount blocks beyond the first go where QEMU's allocator puts them: each at the next
+        # free cluster, immediately followed by the block that counts it if that doesn't exist.
+        blocks = {0: 2}
+        next_free = 3 + l1_clusters
+
+        def ensure_block(index: int) -> None:
+            nonlocal next_free
+            if index in blocks:
+                return
+            blocks[index] = next_free
+            next_free += 1
+            ensure_block(blocks[index] // refcounts_per_block)
+
+        for cluster in range(0, 3 + l1_clusters, refcounts_per_block):
+            ensure_block(cluster // refcounts_per_block)
+        ensure_block((2 + l1_clusters) // refcounts_per_block)
+        # QEMU would move the refcount table for more blocks than one table cluster holds; such
+        # tiny-cluster giant images are refused rather than laid out differently from QEMU.
+        if max(blocks) >= (cluster_size // 8) * self.refcount_table_clusters:
             raise StorageError(
                 "image too large for a one-cluster refcount table; use larger clusters"
             )
-        self.refcount_blocks = blocks
-        self.used_clusters = used_clusters
+        self.refcount_blocks = [blocks.get(index, 0) for index in range(max(blocks) + 1)]
+        self.used_clusters = next_free
         self.refcounts_per_block = refcounts_per_block
         self.file_length = max(
             self.l1_offset + self.l1_size * 8,
             3 * cluster_size,
-            (blocks[-1] + 1) * cluster_size if len(blocks) > 1 else 0,
+            (max(blocks.values()) + 1) * cluster_size if len(blocks) > 1 else 0,
         )
 
 
@@ -137,6 +151,8 @@ def _write_atomically(path: Path, layout: _Layout, header_bytes: bytes) -> None:
         os.pwrite(fd, table, layout.refcount_table_offset)
         per_block = layout.refcounts_per_block
         for index, block in enumerate(layout.refcount_blocks):
+            if not block:
+                continue
             first = index * per_block
             count = min(per_block, layout.used_clusters - first)
             os.pwrite(fd, struct.pack(f">{count}H", *([1] * count)), block * cluster_size)
