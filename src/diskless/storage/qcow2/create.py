@@ -60,7 +60,10 @@ def create_qcow2(
         raise StorageError(f"{path}: negative size {size}")
     size = -(-size // 512) * 512  # qemu-img rounds the virtual size up to whole sectors
 
-    layout = _layout(size, cluster_bits, extended_l2)
+    try:
+        layout = _layout(size, cluster_bits, extended_l2)
+    except StorageError as exc:
+        raise StorageError(f"{path}: {exc}") from exc
     header = Header(
         version=3,
         cluster_bits=cluster_bits,

@@ -8,6 +8,8 @@ it). This module never decides *when* to write; it only knows *what* is dirty.
 from __future__ import annotations
 
 import heapq
+import itertools
+import operator
 import os
 import struct
 import sys
@@ -22,6 +24,9 @@ from diskless.storage.qcow2.format import REFT_OFFSET_MASK
 __all__ = ["Refcounts"]
 
 _ARRAY_CODE = {3: "B", 4: "H", 5: "I", 6: "Q"}
+# How far past the end of the file refcounts may reach before the table is taken as damaged:
+# 2^20 clusters is 64 GiB of 64 KiB clusters written but not yet on disk at a crash.
+_LEAK_SLACK_CLUSTERS = 1 << 20
 _HEADER_REFCOUNT_TABLE = struct.Struct(">QI")  # refcount_table_offset, refcount_table_clusters
 _HEADER_REFCOUNT_TABLE_AT = 48
 
@@ -74,6 +79,7 @@ class Refcounts:
         self._code = _ARRAY_CODE[refcount_order]
         self._max_refcount = (1 << (1 << refcount_order)) - 1
         self._per_block = self._cluster_size * 8 >> refcount_order
+        self._entry_bytes = (1 << refcount_order) // 8
         self._table_offset = table_offset
         self._table_clusters = table_clusters
         raw_table = bytearray(table_clusters << cluster_bits)
@@ -97,19 +103,36 @@ class Refcounts:
                 )
             raw_block = bytearray(self._cluster_size)
             pread_exact(fd, memoryview(raw_block), block_offset)
-            block = _big_endian_array(self._code, raw_block)
-            self._blocks[index] = block
-            for position in range(len(block) - 1, -1, -1):
-                if block[position]:
-                    highest_used = max(highest_used, index * self._per_block + position)
-                    break
+            self._blocks[index] = _big_endian_array(self._code, raw_block)
+            used_bytes = len(raw_block.rstrip(b"\0"))
+            if used_bytes:
+                last = (used_bytes - 1) // self._entry_bytes
+                highest_used = max(highest_used, index * self._per_block + last)
         file_clusters = -(-file_size // self._cluster_size)
+        # Refcounts past the end of the file are leaks a crash may leave (counted before the data
+        # reached the disk); refcounts far past it come from a damaged refcount table.
+        if highest_used >= file_clusters + max(file_clusters, _LEAK_SLACK_CLUSTERS):
+            raise ImageFormatError(
+                path,
+                f"refcounts claim cluster {highest_used}, far past the file's "
+                f"{file_clusters} clusters (damaged refcount table?)",
+            )
         self.alloc_end = max(highest_used + 1, file_clusters)
-        # Clusters below the end that nothing references: reusable. A min-heap, so the lowest
-        # goes first and the file stays compact.
-        self._free: list[int] = [
-            cluster for cluster in range(self.alloc_end) if not self.get(cluster)
-        ]
+        # Unreferenced clusters inside the file are reusable. A min-heap (ascending order is one),
+        # so the lowest goes first and the file stays compact.
+        self._free: list[int] = []
+        for index in range(-(-file_clusters // self._per_block)):
+            first = index * self._per_block
+            count = min(self._per_block, file_clusters - first)
+            block = self._blocks.get(index)
+            if block is None:
+                self._free.extend(range(first, first + count))
+            else:
+                self._free.extend(
+                    itertools.compress(
+                        range(first, first + count), map(operator.not_, block[:count])
+                    )
+                )
 
     @property
     def dirty(self) -> bool:
