@@ -19,6 +19,7 @@ from typer.core import TyperGroup
 
 from diskless import __version__, runtime
 from diskless.cli import disk, image
+from diskless.cli.export import export
 from diskless.cli.output import (
     EXIT_CONFIG,
     EXIT_FAILURE,
@@ -59,6 +60,7 @@ config_app = typer.Typer(help="Show or check the configuration.", no_args_is_hel
 app.add_typer(image.app, name="image")
 app.add_typer(disk.app, name="disk")
 app.add_typer(config_app, name="config")
+app.command()(export)
 
 
 def _print_version(value: bool) -> None:

@@ -1,0 +1,481 @@
+"""The asyncio shell of the iSCSI target: TCP connections in, PDUs through the state machines, out.
+
+One task per connection reads PDUs with their digests, feeds the login machine and then the full
+feature connection, and writes what they answer. Data-In extents that live in a file go out with
+``sendfile`` (the golden image never passes through Python), unless a data digest must be computed
+over them. Bad input never takes the server down: a PDU that can't be decoded is rejected or, if
+its framing is lost, the connection is closed; other sessions carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from diskless.iscsi.connection import Frame, FullFeatureConnection
+from diskless.iscsi.discovery import PortalInfo
+from diskless.iscsi.errors import DigestError, MalformedPdu
+from diskless.iscsi.login import LOGIN_MAX_DATA_SEGMENT_LENGTH, LoginMachine, LoginResult
+from diskless.iscsi.negotiation import Digest, SessionParameters, TargetLimits
+from diskless.iscsi.pdu import (
+    BHS_LENGTH,
+    DIGEST_LENGTH,
+    BasicHeader,
+    DataDigest,
+    LoginRequest,
+    Opcode,
+    RejectReason,
+    decode_request,
+    header_digest,
+    pad_length,
+    parse_bhs,
+)
+from diskless.iscsi.target import Session, SessionRegistry, TargetRegistry
+from diskless.iscsi.window import CommandWindow
+from diskless.storage.blockdev import BufferExtent, Extent, FileExtent, ZeroExtent
+from diskless.storage.fileio import pread_exact
+
+__all__ = ["IscsiPortal", "PortalStats"]
+
+_log = logging.getLogger("diskless.iscsi")
+
+# Below this many bytes a FileExtent is read and written: sendfile's fixed cost (pausing the
+# transport, waiting for its buffer to drain) outweighs one copy of a small block.
+SENDFILE_MIN_BYTES = 64 << 10
+# TCP keepalive reaps connections whose peer vanished, e.g. iPXE's session after the OS took the
+# NIC over (iPXE never answers NOP-In pings, so pings can't be used for it).
+_KEEPALIVE_IDLE = 30
+_KEEPALIVE_INTERVAL = 10
+_KEEPALIVE_COUNT = 3
+# A login that does not finish in this time is abandoned (initiators give up after 15 s).
+_LOGIN_TIMEOUT = 30.0
+_ZEROS = bytes(256 << 10)
+
+
+@dataclass(slots=True)
+class PortalStats:
+    """Counters for the metrics endpoint and the tests."""
+
+    connections: int = 0
+    logins: int = 0
+    login_failures: int = 0
+    malformed_pdus: int = 0
+    commands: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    active: set[int] = field(default_factory=set)
+
+
+class IscsiPortal:
+    """An iSCSI portal: a listening socket serving the targets in ``targets``."""
+
+    def __init__(
+        self,
+        targets: TargetRegistry,
+        *,
+        limits: TargetLimits | None = None,
+        portal: PortalInfo | None = None,
+        random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> None:
+        self._targets = targets
+        self._sessions = SessionRegistry()
+        self._limits = limits or TargetLimits()
+        self._portal = portal or PortalInfo()
+        self._random_bytes = random_bytes
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self.stats = PortalStats()
+
+    @property
+    def sessions(self) -> SessionRegistry:
+        return self._sessions
+
+    @property
+    def targets(self) -> TargetRegistry:
+        return self._targets
+
+    async def start(
+        self, host: str, port: int, *, reuse_port: bool = False
+    ) -> list[tuple[str, int]]:
+        """Listen on ``host:port``; returns the bound addresses (port 0 picks a free one)."""
+        self._server = await asyncio.start_server(
+            self._accept, host, port, reuse_address=True, reuse_port=reuse_port or None
+        )
+        addresses = [sock.getsockname()[:2] for sock in self._server.sockets]
+        if not self._portal.addresses:
+            self._portal = PortalInfo(
+                self._portal.target_portal_group_tag, tuple((a[0], a[1]) for a in addresses)
+            )
+        return [(str(a[0]), int(a[1])) for a in addresses]
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def close(self) -> None:
+        """Stop listening, drop every connection, and wait for their tasks to finish."""
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        for task in list(self._connections):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # -- one connection -------------------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        self.stats.connections += 1
+        peer = writer.get_extra_info("peername")
+        _tune_socket(writer.get_extra_info("socket"))
+        link = _Link(reader, writer)
+        try:
+            await self._serve(link, peer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the initiator went away; its tasks die with the connection
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            _log.exception("iSCSI connection from %s failed", peer)
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _serve(self, link: _Link, peer: object) -> None:
+        machine = LoginMachine(
+            self._portal,
+            self._targets,
+            self._sessions,
+            self._limits,
+            self._random_bytes,
+            initial_statsn=int.from_bytes(self._random_bytes(4), "big"),
+        )
+        result = await asyncio.wait_for(self._login(link, machine, peer), _LOGIN_TIMEOUT)
+        if result is None:
+            return
+        session = self._sessions.get(result.tsih)
+        if session is None:  # reinstated away before we got here
+            return
+        current = asyncio.current_task()
+        assert current is not None
+
+        def drop_connection() -> None:
+            current.cancel()
+
+        session.close = drop_connection
+        try:
+            await self._full_feature(link, result, session, peer)
+        finally:
+            self._sessions.release(session)
+            _log.info(
+                "iSCSI session closed: initiator=%s target=%s tsih=%d",
+                result.initiator_name,
+                result.target_name,
+                result.tsih,
+            )
+
+    async def _login(self, link: _Link, machine: LoginMachine, peer: object) -> LoginResult | None:
+        while True:
+            header = await self._read_header(link, LOGIN_MAX_DATA_SEGMENT_LENGTH, None)
+            if header is None:
+                return None
+            ahs, data = await link.read_rest(header, header_digest=False, data_digest=False)
+            if header.opcode is not Opcode.LOGIN_REQUEST:
+                step = machine.receive_other(header)
+                if step is not None:
+                    await link.write([step.pdu])
+                return None
+            request = decode_request(header, ahs, data)
+            assert isinstance(request, LoginRequest)
+            step = machine.receive(request)
+            await link.write([step.pdu])
+            if step.close:
+                self.stats.login_failures += 1
+                _log.warning(
+                    "iSCSI login from %s refused (%02x%02x): %s",
+                    peer,
+                    step.status_class,
+                    step.status_detail,
+                    step.reason,
+                )
+                return None
+            if step.result is not None:
+                self.stats.logins += 1
+                _log.info(
+                    "iSCSI login: initiator=%s target=%s isid=%s tsih=%d from %s",
+                    step.result.initiator_name,
+                    step.result.target_name,
+                    step.result.isid.hex(),
+                    step.result.tsih,
+                    peer,
+                )
+                return step.result
+
+    async def _read_header(
+        self, link: _Link, max_segment: int, connection: FullFeatureConnection | None
+    ) -> BasicHeader | None:
+        """Read BHS after BHS until one parses; reject (and skip) those that don't."""
+        while True:
+            raw = await link.reader.readexactly(BHS_LENGTH)
+            try:
+                return parse_bhs(raw, max_data_segment_length=max_segment)
+            except MalformedPdu as exc:
+                self.stats.malformed_pdus += 1
+                if connection is None or exc.data_segment_length is None:
+                    _log.warning("malformed PDU, closing the connection: %s", exc)
+                    return None
+                _log.warning("malformed PDU rejected: %s", exc)
+                await link.skip(exc.total_ahs_length or 0, exc.data_segment_length, connection)
+                await link.write_frames(
+                    [connection.reject(exc.reject_reason, exc.bhs or raw)], connection
+                )
+
+    async def _full_feature(
+        self, link: _Link, result: LoginResult, session: Session, peer: object
+    ) -> None:
+        target = self._targets.get(result.target_name) if result.target_name else None
+        params = result.parameters
+        connection = FullFeatureConnection(
+            parameters=params,
+            session_type=result.session_type,
+            initiator_name=result.initiator_name,
+            nexus=session.nexus,
+            logical_unit=target.logical_unit if target is not None else None,
+            target_name=result.target_name,
+            directory=self._targets,
+            portal=self._portal,
+            window=CommandWindow(result.expcmdsn, _window_depth(result)),
+            statsn=result.statsn,
+        )
+        link.configure(params)
+        try:
+            while True:
+                header = await self._read_header(
+                    link, params.max_recv_data_segment_length, connection
+                )
+                if header is None:
+                    return
+                try:
+                    ahs, data = await link.read_rest_checked(header)
+                    request = decode_request(header, ahs, data)
+                except DigestError as exc:
+                    self.stats.malformed_pdus += 1
+                    _log.warning("data digest error from %s: %s", peer, exc)
+                    await link.write_frames(
+                        [connection.reject(RejectReason.DATA_DIGEST_ERROR, header.raw)],
+                        connection,
+                    )
+                    continue
+                except MalformedPdu as exc:
+                    self.stats.malformed_pdus += 1
+                    _log.warning("malformed PDU from %s rejected: %s", peer, exc)
+                    await link.write_frames(
+                        [connection.reject(exc.reject_reason, header.raw)], connection
+                    )
+                    continue
+                if header.opcode is Opcode.SCSI_COMMAND:
+                    self.stats.commands += 1
+                frames = connection.receive(request)
+                if frames and await link.write_frames(frames, connection):
+                    return
+        finally:
+            connection.close()
+
+
+def _window_depth(result: LoginResult) -> int:
+    return max(1, (result.maxcmdsn - result.expcmdsn) % (1 << 32) + 1)
+
+
+def _tune_socket(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, _KEEPALIVE_IDLE)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, _KEEPALIVE_INTERVAL)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, _KEEPALIVE_COUNT)
+
+
+class _Link:
+    """Reading and writing whole PDUs on one connection, with the negotiated digests."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self._header_digest = False
+        self._data_digest = False
+        self._files: dict[int, _FdFile] = {}
+
+    def configure(self, params: SessionParameters) -> None:
+        self._header_digest = params.header_digest is Digest.CRC32C
+        self._data_digest = params.data_digest is Digest.CRC32C
+
+    async def read_rest(
+        self, header: BasicHeader, *, header_digest: bool, data_digest: bool
+    ) -> tuple[bytes, memoryview]:
+        ahs = (
+            await self.reader.readexactly(header.total_ahs_length)
+            if header.total_ahs_length
+            else b""
+        )
+        if header_digest:
+            received = await self.reader.readexactly(DIGEST_LENGTH)
+            if received != _header_digest_of(header, ahs):
+                # RFC 7143 §7.8: the header can't be trusted, so neither can the framing.
+                raise ConnectionResetError("header digest error")
+        length = header.data_segment_length
+        data = memoryview(b"")
+        if length:
+            padded = await self.reader.readexactly(length + pad_length(length))
+            data = memoryview(padded)[:length]
+            if data_digest:
+                received = await self.reader.readexactly(DIGEST_LENGTH)
+                digest = DataDigest()
+                digest.update(data)
+                if received != digest.digest():
+                    raise DigestError("data digest mismatch", bhs=header.raw)
+        return ahs, data
+
+    async def read_rest_checked(self, header: BasicHeader) -> tuple[bytes, memoryview]:
+        return await self.read_rest(
+            header, header_digest=self._header_digest, data_digest=self._data_digest
+        )
+
+    async def skip(
+        self, ahs_length: int, data_length: int, connection: FullFeatureConnection
+    ) -> None:
+        total = ahs_length + data_length + pad_length(data_length)
+        if self._header_digest:
+            total += DIGEST_LENGTH
+        if self._data_digest and data_length:
+            total += DIGEST_LENGTH
+        while total:
+            chunk = await self.reader.readexactly(min(total, 1 << 20))
+            total -= len(chunk)
+
+    async def write(self, chunks: list[bytes]) -> None:
+        self.writer.writelines(chunks)
+        await self.writer.drain()
+
+    async def write_frames(self, frames: list[Frame], connection: FullFeatureConnection) -> bool:
+        """Send ``frames``; True when the connection must close afterwards."""
+        close = False
+        for frame in frames:
+            header = frame.header
+            parts: list[bytes | bytearray | memoryview] = [header]
+            if self._header_digest:
+                parts.append(header_digest(header))
+            data = frame.data
+            if isinstance(data, list):
+                if (
+                    self._data_digest
+                    or frame.data_length < SENDFILE_MIN_BYTES
+                    or not _has_file(data)
+                ):
+                    payload = _materialize(data, frame.data_length)
+                    self._append_data(parts, payload)
+                    self.writer.writelines(parts)
+                else:
+                    self.writer.writelines(parts)
+                    await self._stream(data, frame.data_length)
+            else:
+                self._append_data(parts, data)
+                self.writer.writelines(parts)
+            close = close or frame.close_after
+        await self.writer.drain()
+        return close
+
+    def _append_data(
+        self, parts: list[bytes | bytearray | memoryview], data: bytes | bytearray | memoryview
+    ) -> None:
+        if not data:
+            return
+        parts.append(data)
+        padding = pad_length(len(data))
+        if padding:
+            parts.append(bytes(padding))
+        if self._data_digest:
+            digest = DataDigest()
+            digest.update(data)
+            parts.append(digest.digest())
+
+    async def _stream(self, extents: list[Extent], length: int) -> None:
+        """Write a Data-In segment piece by piece, file extents with sendfile."""
+        loop = asyncio.get_running_loop()
+        for extent in extents:
+            if isinstance(extent, FileExtent):
+                await self.writer.drain()
+                file = self._files.get(extent.fd)
+                if file is None:
+                    file = self._files[extent.fd] = _FdFile(extent.fd)
+                await loop.sendfile(self.writer.transport, file, extent.offset, extent.length)  # type: ignore[arg-type]
+            elif isinstance(extent, ZeroExtent):
+                remaining = extent.length
+                while remaining:
+                    step = min(remaining, len(_ZEROS))
+                    self.writer.write(memoryview(_ZEROS)[:step])
+                    remaining -= step
+            else:
+                self.writer.write(bytes(extent.data))
+        padding = pad_length(length)
+        if padding:
+            self.writer.write(bytes(padding))
+
+
+class _FdFile:
+    """The file-object face ``loop.sendfile`` wants, over an fd the storage layer owns.
+
+    sendfile only reads through explicit offsets; the position it sets afterwards is ignored
+    because every other user of the fd uses pread/pwrite.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return offset
+
+    def tell(self) -> int:
+        return 0
+
+    def read(self, size: int) -> bytes:  # the fallback path; never used on Linux
+        raise OSError("read() not supported")
+
+
+def _has_file(extents: list[Extent]) -> bool:
+    return any(isinstance(extent, FileExtent) for extent in extents)
+
+
+def _materialize(extents: list[Extent], length: int) -> bytearray:
+    buffer = bytearray(length)
+    view = memoryview(buffer)
+    position = 0
+    for extent in extents:
+        end = position + extent.length
+        if isinstance(extent, FileExtent):
+            pread_exact(extent.fd, view[position:end], extent.offset)
+        elif isinstance(extent, BufferExtent):
+            view[position:end] = extent.data
+        position = end
+    return buffer
+
+
+def _header_digest_of(header: BasicHeader, ahs: bytes) -> bytes:
+    return header_digest(header.raw + ahs)
