@@ -258,6 +258,13 @@ class FullFeatureConnection:
             del self._dead_tasks[next(iter(self._dead_tasks))]
 
     def _start_write(self, command: ScsiCommand, plan: CommandPlan, out: list[Frame]) -> None:
+        assert self._lu is not None
+        refusal = self._lu.precheck(command.cdb, self._nexus)
+        if refusal is not None:
+            # Refused before any data moves (write protected, unit attention, no medium).
+            self._forget_data_out(command)
+            self._respond(command, refusal, transferred_plan=plan, out=out)
+            return
         edtl = command.expected_data_transfer_length
         needed = min(edtl, plan.transfer_length)
         if needed > MAX_WRITE_BUFFER:

@@ -194,25 +194,48 @@ class LogicalUnit:
         command: Command | None = None
         try:
             command = lookup(cdb)
-            if command.reports_unit_attention:
-                pending = self._nexuses.get(nexus)
-                if pending is None or pending:
-                    attention = self._take_unit_attention(nexus)
-                    if attention is not None:
-                        return CommandResult(
-                            ScsiStatus.CHECK_CONDITION,
-                            fixed_sense(SenseKey.UNIT_ATTENTION, attention),
-                        )
-            elif nexus not in self._nexuses:
-                with self._lock:
-                    self._known(nexus)
-            if command.needs_medium and not self._loaded:
-                raise CheckCondition(SenseKey.NOT_READY, Asc.MEDIUM_NOT_PRESENT)
+            refusal = self._preamble(command, nexus)
+            if refusal is not None:
+                return refusal
             return command.run(self, cdb, data_out, nexus)
         except CheckCondition as error:
             return CommandResult.check_condition(error)
         except (StorageError, OSError) as error:
             return self._storage_failure(cdb, command, error)
+
+    def precheck(self, cdb: bytes, nexus: Hashable) -> CommandResult | None:
+        """For a Data-Out command: the answer that makes its data pointless, or None.
+
+        A pending unit attention, an ejected medium or write protection ends the command before
+        the transport solicits any data (as SBC targets do), so a read-only disk never receives
+        the blocks it would refuse. A refusal here consumes the unit attention it reports.
+        """
+        try:
+            command = lookup(cdb)
+            refusal = self._preamble(command, nexus)
+            if refusal is None and command.writes:
+                self._check_writable()
+        except CheckCondition as error:
+            return CommandResult.check_condition(error)
+        return refusal
+
+    def _preamble(self, command: Command, nexus: Hashable) -> CommandResult | None:
+        """Unit attention and medium checks every command goes through first (SAM-5 §5.14)."""
+        if command.reports_unit_attention:
+            pending = self._nexuses.get(nexus)
+            if pending is None or pending:
+                attention = self._take_unit_attention(nexus)
+                if attention is not None:
+                    return CommandResult(
+                        ScsiStatus.CHECK_CONDITION,
+                        fixed_sense(SenseKey.UNIT_ATTENTION, attention),
+                    )
+        elif nexus not in self._nexuses:
+            with self._lock:
+                self._known(nexus)
+        if command.needs_medium and not self._loaded:
+            raise CheckCondition(SenseKey.NOT_READY, Asc.MEDIUM_NOT_PRESENT)
+        return None
 
     def shorten_data_out(self, cdb: bytes, length: int) -> bytes | None:
         """``cdb`` rewritten to send only the first ``length`` bytes of its Data-Out, or None.
