@@ -252,3 +252,47 @@ def test_write_same_longer_than_the_limit(raw: RawImage) -> None:
 
     assert_good(run(unit, write_same10(0, 100, unmap=True)))
     assert_check(run(unit, write_same10(0, 101, unmap=True)), ILLEGAL, Asc.INVALID_FIELD_IN_CDB)
+
+
+# -- GET LBA STATUS --------------------------------------------------------------------------------
+
+
+def _get_lba_status(lba: int, allocation: int = 4096) -> bytes:
+    return b"\x9e\x12" + lba.to_bytes(8, "big") + allocation.to_bytes(4, "big") + bytes(2)
+
+
+def _descriptors(data: bytes) -> list[tuple[int, int, int]]:
+    length = int.from_bytes(data[:4], "big") + 4
+    return [
+        (
+            int.from_bytes(data[offset : offset + 8], "big"),
+            int.from_bytes(data[offset + 8 : offset + 12], "big"),
+            data[offset + 12] & 0x0F,
+        )
+        for offset in range(8, length, 16)
+    ]
+
+
+def test_get_lba_status_reports_unmapped_ranges_of_an_overlay(overlay: Qcow2Image) -> None:
+    unit = LogicalUnit(overlay, IDENTITY, power_on_unit_attention=False)
+    params = unmap_params((128, 128))
+    assert_good(run(unit, unmap(len(params)), params))
+
+    descriptors = _descriptors(data_of(run(unit, _get_lba_status(0))))
+    # Golden data (mapped), the discarded 64 KiB cluster (deallocated), golden again to the end.
+    assert descriptors == [(0, 128, 0), (128, 128, 1), (256, DISK_BLOCKS - 256, 0)]
+    starting_inside = _descriptors(data_of(run(unit, _get_lba_status(200))))
+    assert starting_inside[0] == (200, 56, 1)
+
+
+def test_get_lba_status_beyond_the_end(unit: LogicalUnit) -> None:
+    assert_check(run(unit, _get_lba_status(DISK_BLOCKS)), ILLEGAL, Asc.LBA_OUT_OF_RANGE)
+
+
+def test_get_lba_status_fits_the_allocation_length(overlay: Qcow2Image) -> None:
+    unit = LogicalUnit(overlay, IDENTITY, power_on_unit_attention=False)
+    params = unmap_params((128, 128), (512, 128))
+    assert_good(run(unit, unmap(len(params)), params))
+    data = data_of(run(unit, _get_lba_status(0, allocation=8 + 16)))
+    assert len(data) == 24
+    assert _descriptors(data)[:1] == [(0, 128, 0)]

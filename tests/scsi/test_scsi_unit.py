@@ -354,7 +354,7 @@ def test_rsoc_one_command_usage_of_read10(unit: LogicalUnit) -> None:
 
 def test_rsoc_one_command_not_supported(unit: LogicalUnit) -> None:
     assert data_of(run(unit, rsoc(1, 0x89))) == bytes((0, 0x01, 0, 0))
-    assert data_of(run(unit, rsoc(2, 0x9E, 0x12))) == bytes((0, 0x01, 0, 0))
+    assert data_of(run(unit, rsoc(2, 0x9E, 0x13))) == bytes((0, 0x01, 0, 0))
     assert data_of(run(unit, rsoc(2, 0x7F, 0x09))) == bytes((0, 0x01, 0, 0))
     assert_check(run(unit, rsoc(5, 0x28)), ILLEGAL, Asc.INVALID_FIELD_IN_CDB, field=(2, 2))
 
@@ -377,7 +377,7 @@ def test_unsupported_opcodes(unit: LogicalUnit, opcode: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "cdb", [b"\x9e\x12" + bytes(14), b"\xa3\x0a" + bytes(10), b"\x9e\x00" + bytes(14)]
+    "cdb", [b"\x9e\x13" + bytes(14), b"\xa3\x0a" + bytes(10), b"\x9e\x00" + bytes(14)]
 )
 def test_unsupported_service_actions(unit: LogicalUnit, cdb: bytes) -> None:
     assert_check(run(unit, cdb), ILLEGAL, Asc.INVALID_FIELD_IN_CDB, field=(1, 4))

@@ -172,6 +172,20 @@ def _build() -> tuple[Command, ...]:
             service_action=ServiceAction.READ_CAPACITY_16,
         ),
         Command(
+            "GET LBA STATUS",
+            _usage(
+                Opcode.SERVICE_ACTION_IN_16,
+                ServiceAction.GET_LBA_STATUS,
+                *_FF8,
+                *_FF4,
+                0,
+                length=16,
+            ),
+            sbc.plan_get_lba_status,
+            sbc.run_get_lba_status,
+            service_action=ServiceAction.GET_LBA_STATUS,
+        ),
+        Command(
             "REPORT SUPPORTED OPERATION CODES",
             _usage(
                 Opcode.MAINTENANCE_IN,

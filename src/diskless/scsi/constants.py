@@ -158,6 +158,7 @@ class ServiceAction(IntEnum):
     """Service actions of the two service-action opcodes we implement."""
 
     READ_CAPACITY_16 = 0x10  # under SERVICE ACTION IN(16), SBC-3 §5.16
+    GET_LBA_STATUS = 0x12  # under SERVICE ACTION IN(16), SBC-3 §5.6
     REPORT_SUPPORTED_OPERATION_CODES = 0x0C  # under MAINTENANCE IN, SPC-4 §6.35
 
 

@@ -28,6 +28,7 @@ from diskless.scsi.dispatch import (
 )
 from diskless.scsi.result import NO_DATA, CommandPlan, CommandResult
 from diskless.scsi.sense import CheckCondition, FieldPointer
+from diskless.storage.blockdev import ZeroExtent
 
 if TYPE_CHECKING:
     from diskless.scsi.lu import LogicalUnit
@@ -69,6 +70,13 @@ _RC16 = struct.Struct(">QIBBH16x")
 _LBPME = 0x8000  # READ CAPACITY(16) bytes 14-15: logical block provisioning management enabled
 _LBPRZ = 0x4000  # unmapped blocks read as zeros
 _RC16_LENGTH = 32
+_LBA_STATUS_HEADER = struct.Struct(">I4x")  # PARAMETER DATA LENGTH, reserved
+_LBA_STATUS_DESCRIPTOR = struct.Struct(">QIB3x")  # LBA, blocks, provisioning status
+_MAPPED = 0  # SBC-3 table 42: mapped (or unknown)
+_DEALLOCATED = 1
+# How far one GET LBA STATUS looks ahead: the answer may describe fewer blocks than remain
+# (SBC-3 §5.6), and the initiator asks again from where it stopped.
+_LBA_STATUS_SPAN = 1 << 30
 _PMI = 0x01
 
 _UNMAP_HEADER = 8
@@ -420,3 +428,40 @@ def run_read_capacity_16(
     )
     assert len(answer) == _RC16_LENGTH
     return payload(answer, plan.transfer_length)
+
+
+def plan_get_lba_status(unit: LogicalUnit, cdb: bytes) -> CommandPlan:
+    """GET LBA STATUS (SBC-3 §5.6): which blocks are mapped and which read as zeros unallocated."""
+    lba = int.from_bytes(cdb[2:10], "big")
+    if lba >= unit.blocks:
+        raise CheckCondition(SenseKey.ILLEGAL_REQUEST, Asc.LBA_OUT_OF_RANGE)
+    return data_in(allocation_length(cdb, 10, 4))
+
+
+def run_get_lba_status(
+    unit: LogicalUnit, cdb: bytes, data: DataOut, nexus: Hashable
+) -> CommandResult:
+    plan = plan_get_lba_status(unit, cdb)
+    lba = int.from_bytes(cdb[2:10], "big")
+    shift = unit.block_shift
+    room = max(1, (plan.transfer_length - _LBA_STATUS_HEADER.size) // _LBA_STATUS_DESCRIPTOR.size)
+    start = lba << shift
+    length = min(unit.device.size - start, _LBA_STATUS_SPAN)
+    length -= length % unit.block_size
+    descriptors: list[tuple[int, int, int]] = []  # (lba, blocks, status), merged runs
+    for extent in unit.device.read_plan(start, length):
+        blocks = extent.length >> shift
+        status = _DEALLOCATED if isinstance(extent, ZeroExtent) else _MAPPED
+        if descriptors and descriptors[-1][2] == status:
+            first, count, _ = descriptors[-1]
+            descriptors[-1] = (first, count + blocks, status)
+        elif len(descriptors) < room:
+            descriptors.append((lba, blocks, status))
+        else:
+            break
+        lba += blocks
+    body = b"".join(
+        _LBA_STATUS_DESCRIPTOR.pack(first, count, status) for first, count, status in descriptors
+    )
+    header = _LBA_STATUS_HEADER.pack(len(body) + 4)
+    return payload(header + body, plan.transfer_length)
