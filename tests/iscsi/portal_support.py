@@ -10,21 +10,27 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 from diskless.iscsi.endpoint import IscsiPortal
 from diskless.iscsi.target import TargetRegistry
 
 
 @contextlib.contextmanager
-def portal_in_thread(targets: TargetRegistry) -> Iterator[tuple[IscsiPortal, int]]:
-    """Serve ``targets`` on a free loopback port; yields the portal and the port."""
+def portal_in_thread(
+    targets: TargetRegistry, **portal_options: Any
+) -> Iterator[tuple[IscsiPortal, int]]:
+    """Serve ``targets`` on a free loopback port; yields the portal and the port.
+
+    ``portal_options`` go to :class:`IscsiPortal` (e.g. ``login_timeout``).
+    """
     ready = threading.Event()
     stop: list[asyncio.Event] = []
     box: dict[str, object] = {}
     loop = asyncio.new_event_loop()
 
     async def main() -> None:
-        portal = IscsiPortal(targets)
+        portal = IscsiPortal(targets, **portal_options)
         addresses = await portal.start("127.0.0.1", 0)
         box["portal"] = portal
         box["port"] = addresses[0][1]

@@ -14,6 +14,7 @@ of is answered with a Reject.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 
@@ -64,6 +65,10 @@ __all__ = ["MAX_WRITE_BUFFER", "Frame", "FullFeatureConnection"]
 # The largest single command payload buffered in memory; initiators are told less (VPD B0 says
 # 1 MiB), so only a misbehaving one reaches it, and it gets CHECK CONDITION instead of our memory.
 MAX_WRITE_BUFFER = 16 << 20
+# Write tasks soliciting data at the same time. Each holds a buffer as large as its transfer (at
+# most 1 MiB, VPD B0), so this bounds a connection's write memory; the others wait holding only
+# their immediate data, and get their R2Ts as buffers free up.
+MAX_ACTIVE_WRITES = 8
 # Failed write tasks whose stray Data-Out we still recognise (and ignore) without a Reject.
 _DEAD_TASK_MEMORY = 64
 _TIME2WAIT = 2
@@ -97,8 +102,10 @@ class _Burst:
 class _WriteTask:
     command: ScsiCommand
     plan: CommandPlan
-    buffer: bytearray
     needed: int  # bytes to collect before executing (min of EDTL and the CDB's length)
+    immediate: memoryview  # the immediate data, until the task gets its buffer
+    buffer: bytearray = field(default_factory=bytearray)
+    active: bool = False
     received: int = 0
     unsolicited: _Burst | None = None
     r2ts: dict[int, _Burst] = field(default_factory=dict)
@@ -135,6 +142,8 @@ class FullFeatureConnection:
         self._window = window
         self._statsn = statsn % (1 << 32)
         self._tasks: dict[int, _WriteTask] = {}
+        self._waiting_writes: deque[_WriteTask] = deque()
+        self._active_writes = 0
         self._dead_tasks: dict[int, None] = {}
         self._next_ttt = 1
         self._text_pending: dict[int, bytes] = {}
@@ -188,8 +197,7 @@ class FullFeatureConnection:
     def close(self) -> None:
         """The connection is gone: abort what was pending and let the LU forget this nexus."""
         self._closed = True
-        self._tasks.clear()
-        self._window.discard_waiting()
+        self._abort_all()
         if self._lu is not None:
             self._lu.nexus_gone(self._nexus)
 
@@ -275,14 +283,13 @@ class FullFeatureConnection:
             )
             self._respond(command, failure, transferred_plan=plan, out=out)
             return
-        task = _WriteTask(command=command, plan=plan, buffer=bytearray(needed), needed=needed)
         immediate = command.immediate_data
         if len(immediate) > edtl:
             self._forget_data_out(command)
             out.append(self._reject(RejectReason.PROTOCOL_ERROR, b""))
             return
         usable = min(len(immediate), needed)
-        task.buffer[:usable] = immediate[:usable]
+        task = _WriteTask(command=command, plan=plan, needed=needed, immediate=immediate[:usable])
         task.received = usable
         # RFC 7143 §4.6.1.3: without InitialR2T the initiator may follow the immediate data with
         # unsolicited Data-Out up to FirstBurstLength, ending that sequence with F=1.
@@ -292,13 +299,40 @@ class FullFeatureConnection:
             task.unsolicited = _Burst(len(immediate), unsolicited_end, len(immediate))
         task.next_r2t_offset = unsolicited_end
         self._tasks[command.itt] = task
+        # Unsolicited data arrives whether we are ready or not, so such a task starts at once.
+        if (
+            task.unsolicited is not None
+            or task.received >= needed
+            or self._active_writes < MAX_ACTIVE_WRITES
+        ):
+            self._activate(task, out)
+        else:
+            self._waiting_writes.append(task)
+
+    def _activate(self, task: _WriteTask, out: list[Frame]) -> None:
+        task.active = True
+        self._active_writes += 1
+        task.buffer = bytearray(task.needed)
+        task.buffer[: len(task.immediate)] = task.immediate
+        task.immediate = memoryview(b"")
         self._advance_write(task, out)
+
+    def _finish(self, task: _WriteTask, out: list[Frame]) -> None:
+        """The task leaves the table (done, failed or aborted); a waiting write may start."""
+        self._tasks.pop(task.command.itt, None)
+        if task.active:
+            task.active = False
+            self._active_writes -= 1
+        while self._waiting_writes and self._active_writes < MAX_ACTIVE_WRITES:
+            waiting = self._waiting_writes.popleft()
+            if self._tasks.get(waiting.command.itt) is waiting:
+                self._activate(waiting, out)
 
     def _advance_write(self, task: _WriteTask, out: list[Frame]) -> None:
         """Send the R2Ts the task may have outstanding, or run it once all its data is in."""
         if task.received >= task.needed and task.unsolicited is None and not task.r2ts:
-            del self._tasks[task.command.itt]
             self._execute_write(task, out)
+            self._finish(task, out)
             return
         edtl = task.command.expected_data_transfer_length
         limit = min(edtl, task.needed) if task.needed < edtl else edtl
@@ -372,12 +406,12 @@ class FullFeatureConnection:
             self._fail_write(task, Asc.DATA_PHASE_ERROR, out)
 
     def _fail_write(self, task: _WriteTask, asc: Asc, out: list[Frame]) -> None:
-        del self._tasks[task.command.itt]
         self._remember_dead(task.command.itt)
         failure = CommandResult(
             ScsiStatus.CHECK_CONDITION, fixed_sense(SenseKey.ABORTED_COMMAND, asc)
         )
         self._respond(task.command, failure, transferred_plan=task.plan, out=out)
+        self._finish(task, out)
 
     def _execute_write(self, task: _WriteTask, out: list[Frame]) -> None:
         assert self._lu is not None
@@ -581,7 +615,7 @@ class FullFeatureConnection:
         function = request.function
         close = False
         if function == TaskManagementFunction.ABORT_TASK:
-            response = self._abort_task(request)
+            response = self._abort_task(request, out)
         elif function in (
             TaskManagementFunction.ABORT_TASK_SET,
             TaskManagementFunction.CLEAR_TASK_SET,
@@ -616,12 +650,15 @@ class FullFeatureConnection:
         )
         out.append(Frame(header, close_after=close))
 
-    def _abort_task(self, request: TaskManagementRequest) -> TaskManagementResponse:
+    def _abort_task(
+        self, request: TaskManagementRequest, out: list[Frame]
+    ) -> TaskManagementResponse:
         """ABORT TASK (RFC 7143 §11.5.1 and §4.2.3.2): the referenced command never completes."""
         tag = request.referenced_task_tag
-        task = self._tasks.pop(tag, None)
+        task = self._tasks.get(tag)
         if task is not None:
             self._remember_dead(tag)
+            self._finish(task, out)
             return TaskManagementResponse.FUNCTION_COMPLETE
         for waiting in self._window.waiting:
             if isinstance(waiting, ScsiCommand) and waiting.itt == tag:
@@ -637,6 +674,8 @@ class FullFeatureConnection:
         for itt in list(self._tasks):
             self._remember_dead(itt)
         self._tasks.clear()
+        self._waiting_writes.clear()
+        self._active_writes = 0
         self._window.discard_waiting()
 
 

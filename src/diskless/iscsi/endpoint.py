@@ -41,7 +41,7 @@ from diskless.iscsi.window import CommandWindow
 from diskless.storage.blockdev import BufferExtent, Extent, FileExtent, ZeroExtent
 from diskless.storage.fileio import pread_exact
 
-__all__ = ["IscsiPortal", "PortalStats"]
+__all__ = ["LOGIN_TIMEOUT", "IscsiPortal", "PortalStats"]
 
 _log = logging.getLogger("diskless.iscsi")
 
@@ -54,7 +54,9 @@ _KEEPALIVE_IDLE = 30
 _KEEPALIVE_INTERVAL = 10
 _KEEPALIVE_COUNT = 3
 # A login that does not finish in this time is abandoned (initiators give up after 15 s).
-_LOGIN_TIMEOUT = 30.0
+LOGIN_TIMEOUT = 30.0
+# How long close() waits for connections to wind down after their transports were aborted.
+_CLOSE_GRACE = 5.0
 _ZEROS = bytes(256 << 10)
 
 
@@ -82,14 +84,18 @@ class IscsiPortal:
         limits: TargetLimits | None = None,
         portal: PortalInfo | None = None,
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        login_timeout: float = LOGIN_TIMEOUT,
     ) -> None:
         self._targets = targets
         self._sessions = SessionRegistry()
         self._limits = limits or TargetLimits()
         self._portal = portal or PortalInfo()
         self._random_bytes = random_bytes
+        self._login_timeout = login_timeout
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        # Each connection's task and writer: closing a connection aborts its transport, so the
+        # task ends through its normal path instead of being cancelled mid-PDU.
+        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self.stats = PortalStats()
 
     @property
@@ -122,11 +128,13 @@ class IscsiPortal:
         """Stop listening, drop every connection, and wait for their tasks to finish."""
         if self._server is not None:
             self._server.close()
-        for task in list(self._connections):
-            task.cancel()
-        for task in list(self._connections):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        tasks = list(self._connections)
+        for writer in self._connections.values():
+            writer.transport.abort()
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=_CLOSE_GRACE)
+            for task in stuck:
+                task.cancel()
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -135,7 +143,7 @@ class IscsiPortal:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections.add(task)
+        self._connections[task] = writer
         self.stats.connections += 1
         peer = writer.get_extra_info("peername")
         _tune_socket(writer.get_extra_info("socket"))
@@ -143,13 +151,13 @@ class IscsiPortal:
         try:
             await self._serve(link, peer)
         except (ConnectionError, asyncio.IncompleteReadError):
-            pass  # the initiator went away; its tasks die with the connection
-        except asyncio.CancelledError:
-            raise
+            pass  # the initiator went away (or we dropped it); its tasks die with the connection
+        except TimeoutError:
+            _log.warning("iSCSI login from %s timed out", peer)
         except Exception:
             _log.exception("iSCSI connection from %s failed", peer)
         finally:
-            self._connections.discard(task)
+            self._connections.pop(task, None)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -163,17 +171,17 @@ class IscsiPortal:
             self._random_bytes,
             initial_statsn=int.from_bytes(self._random_bytes(4), "big"),
         )
-        result = await asyncio.wait_for(self._login(link, machine, peer), _LOGIN_TIMEOUT)
+        result = await asyncio.wait_for(self._login(link, machine, peer), self._login_timeout)
         if result is None:
             return
         session = self._sessions.get(result.tsih)
         if session is None:  # reinstated away before we got here
             return
-        current = asyncio.current_task()
-        assert current is not None
+        transport = link.writer.transport
 
         def drop_connection() -> None:
-            current.cancel()
+            # Reinstatement: the old connection's reads fail and its task ends normally.
+            transport.abort()
 
         session.close = drop_connection
         try:
