@@ -31,6 +31,8 @@ from diskless.iscsi.pdu import (
     LoginRequest,
     Opcode,
     RejectReason,
+    Request,
+    ScsiCommand,
     decode_request,
     header_digest,
     pad_length,
@@ -58,6 +60,8 @@ LOGIN_TIMEOUT = 30.0
 # How long close() waits for connections to wind down after their transports were aborted.
 _CLOSE_GRACE = 5.0
 _ZEROS = bytes(256 << 10)
+# Bytes asked of the socket at a time: a few PDUs' worth, and one 256 KiB Data-Out.
+_READ_CHUNK = 256 << 10
 
 
 @dataclass(slots=True)
@@ -197,7 +201,7 @@ class IscsiPortal:
 
     async def _login(self, link: _Link, machine: LoginMachine, peer: object) -> LoginResult | None:
         while True:
-            header = await self._read_header(link, LOGIN_MAX_DATA_SEGMENT_LENGTH, None)
+            header = await self._read_header(link)
             if header is None:
                 return None
             ahs, data = await link.read_rest(header, header_digest=False, data_digest=False)
@@ -232,24 +236,15 @@ class IscsiPortal:
                 )
                 return step.result
 
-    async def _read_header(
-        self, link: _Link, max_segment: int, connection: FullFeatureConnection | None
-    ) -> BasicHeader | None:
-        """Read BHS after BHS until one parses; reject (and skip) those that don't."""
-        while True:
-            raw = await link.reader.readexactly(BHS_LENGTH)
-            try:
-                return parse_bhs(raw, max_data_segment_length=max_segment)
-            except MalformedPdu as exc:
-                self.stats.malformed_pdus += 1
-                if connection is None or exc.data_segment_length is None:
-                    _log.warning("malformed PDU, closing the connection: %s", exc)
-                    return None
-                _log.warning("malformed PDU rejected: %s", exc)
-                await link.skip(exc.total_ahs_length or 0, exc.data_segment_length, connection)
-                await link.write_frames(
-                    [connection.reject(exc.reject_reason, exc.bhs or raw)], connection
-                )
+    async def _read_header(self, link: _Link) -> BasicHeader | None:
+        """The next login-phase BHS; None (close) if it can't be parsed."""
+        raw = await link.reader.readexactly(BHS_LENGTH)
+        try:
+            return parse_bhs(raw, max_data_segment_length=LOGIN_MAX_DATA_SEGMENT_LENGTH)
+        except MalformedPdu as exc:
+            self.stats.malformed_pdus += 1
+            _log.warning("malformed PDU during login, closing the connection: %s", exc)
+            return None
 
     async def _full_feature(
         self, link: _Link, result: LoginResult, session: Session, peer: object
@@ -269,38 +264,121 @@ class IscsiPortal:
             statsn=result.statsn,
         )
         link.configure(params)
+        pdus = _PduBuffer(link.reader, params)
         try:
             while True:
-                header = await self._read_header(
-                    link, params.max_recv_data_segment_length, connection
-                )
-                if header is None:
-                    return
-                try:
-                    ahs, data = await link.read_rest_checked(header)
-                    request = decode_request(header, ahs, data)
-                except DigestError as exc:
-                    self.stats.malformed_pdus += 1
-                    _log.warning("data digest error from %s: %s", peer, exc)
-                    await link.write_frames(
-                        [connection.reject(RejectReason.DATA_DIGEST_ERROR, header.raw)],
-                        connection,
-                    )
-                    continue
-                except MalformedPdu as exc:
-                    self.stats.malformed_pdus += 1
-                    _log.warning("malformed PDU from %s rejected: %s", peer, exc)
-                    await link.write_frames(
-                        [connection.reject(exc.reject_reason, header.raw)], connection
-                    )
-                    continue
-                if header.opcode is Opcode.SCSI_COMMAND:
-                    self.stats.commands += 1
-                frames = connection.receive(request)
+                # Answer every PDU already received, then write all the answers at once: with
+                # many commands in flight this is one send() per batch instead of one per PDU.
+                frames: list[Frame] = []
+                while True:
+                    try:
+                        pdu = pdus.next()
+                    except DigestError as exc:
+                        self.stats.malformed_pdus += 1
+                        _log.warning("data digest error from %s: %s", peer, exc)
+                        frames.append(
+                            connection.reject(RejectReason.DATA_DIGEST_ERROR, exc.bhs or b"")
+                        )
+                        continue
+                    except MalformedPdu as exc:
+                        self.stats.malformed_pdus += 1
+                        if exc.data_segment_length is None:
+                            _log.warning("malformed PDU from %s, closing: %s", peer, exc)
+                            await link.write_frames(frames, connection)
+                            return
+                        _log.warning("malformed PDU from %s rejected: %s", peer, exc)
+                        frames.append(connection.reject(exc.reject_reason, exc.bhs or b""))
+                        continue
+                    if pdu is None:
+                        break
+                    if isinstance(pdu, ScsiCommand):
+                        self.stats.commands += 1
+                    frames += connection.receive(pdu)
                 if frames and await link.write_frames(frames, connection):
+                    return
+                if not await pdus.fill():
                     return
         finally:
             connection.close()
+
+
+class _PduBuffer:
+    """Whole PDUs out of the byte stream of one connection, as many as have arrived.
+
+    Reading in large chunks and cutting PDUs out of them costs one ``read`` for a burst of
+    pipelined commands, where ``readexactly`` per header and segment would cost two each.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, params: SessionParameters) -> None:
+        self._reader = reader
+        self._buffer = bytearray()
+        self._position = 0
+        self._max_segment = params.max_recv_data_segment_length
+        self._header_digest = params.header_digest is Digest.CRC32C
+        self._data_digest = params.data_digest is Digest.CRC32C
+
+    async def fill(self) -> bool:
+        """Wait for more bytes; False at end of stream."""
+        if self._position:
+            del self._buffer[: self._position]
+            self._position = 0
+        chunk = await self._reader.read(_READ_CHUNK)
+        if not chunk:
+            return False
+        self._buffer += chunk
+        return True
+
+    def next(self) -> Request | None:
+        """The next complete PDU, or None until more bytes arrive.
+
+        Raises :class:`MalformedPdu` (already skipped when its lengths were readable, so the
+        caller can Reject it and go on) or :class:`DigestError`.
+        """
+        buffer = self._buffer
+        start = self._position
+        available = len(buffer) - start
+        if available < BHS_LENGTH:
+            return None
+        raw = bytes(buffer[start : start + BHS_LENGTH])
+        try:
+            header = parse_bhs(raw, max_data_segment_length=self._max_segment)
+        except MalformedPdu as exc:
+            if exc.data_segment_length is None:
+                raise
+            total = BHS_LENGTH + self._rest(exc.total_ahs_length or 0, exc.data_segment_length)
+            if available < total:
+                return None  # skip it once it is all here, then Reject
+            self._position = start + total
+            raise
+        total = BHS_LENGTH + self._rest(header.total_ahs_length, header.data_segment_length)
+        if available < total:
+            return None
+        self._position = start + total
+        offset = start + BHS_LENGTH
+        ahs = bytes(buffer[offset : offset + header.total_ahs_length])
+        offset += header.total_ahs_length
+        if self._header_digest:
+            if bytes(buffer[offset : offset + DIGEST_LENGTH]) != header_digest(raw + ahs):
+                # RFC 7143 §7.8: a header that fails its digest can't be trusted for framing.
+                raise MalformedPdu("header digest error", bhs=raw)
+            offset += DIGEST_LENGTH
+        length = header.data_segment_length
+        data = bytes(buffer[offset : offset + length])
+        if self._data_digest and length:
+            end = offset + length + pad_length(length)
+            digest = DataDigest()
+            digest.update(data)
+            if bytes(buffer[end : end + DIGEST_LENGTH]) != digest.digest():
+                raise DigestError("data digest mismatch", bhs=raw, data_segment_length=length)
+        return decode_request(header, ahs, data)
+
+    def _rest(self, ahs_length: int, data_length: int) -> int:
+        rest = ahs_length + data_length + pad_length(data_length)
+        if self._header_digest:
+            rest += DIGEST_LENGTH
+        if self._data_digest and data_length:
+            rest += DIGEST_LENGTH
+        return rest
 
 
 def _window_depth(result: LoginResult) -> int:
@@ -326,7 +404,8 @@ class _Link:
         self.writer = writer
         self._header_digest = False
         self._data_digest = False
-        self._files: dict[int, _FdFile] = {}
+        sock = writer.get_extra_info("socket")
+        self._socket_fd = sock.fileno() if sock is not None else -1
 
     def configure(self, params: SessionParameters) -> None:
         self._header_digest = params.header_digest is Digest.CRC32C
@@ -358,23 +437,6 @@ class _Link:
                     raise DigestError("data digest mismatch", bhs=header.raw)
         return ahs, data
 
-    async def read_rest_checked(self, header: BasicHeader) -> tuple[bytes, memoryview]:
-        return await self.read_rest(
-            header, header_digest=self._header_digest, data_digest=self._data_digest
-        )
-
-    async def skip(
-        self, ahs_length: int, data_length: int, connection: FullFeatureConnection
-    ) -> None:
-        total = ahs_length + data_length + pad_length(data_length)
-        if self._header_digest:
-            total += DIGEST_LENGTH
-        if self._data_digest and data_length:
-            total += DIGEST_LENGTH
-        while total:
-            chunk = await self.reader.readexactly(min(total, 1 << 20))
-            total -= len(chunk)
-
     async def write(self, chunks: list[bytes]) -> None:
         self.writer.writelines(chunks)
         await self.writer.drain()
@@ -399,7 +461,7 @@ class _Link:
                     self.writer.writelines(parts)
                 else:
                     self.writer.writelines(parts)
-                    await self._stream(data, frame.data_length)
+                    self._stream(data, frame.data_length)
             else:
                 self._append_data(parts, data)
                 self.writer.writelines(parts)
@@ -421,50 +483,55 @@ class _Link:
             digest.update(data)
             parts.append(digest.digest())
 
-    async def _stream(self, extents: list[Extent], length: int) -> None:
-        """Write a Data-In segment piece by piece, file extents with sendfile."""
-        loop = asyncio.get_running_loop()
+    def _stream(self, extents: list[Extent], length: int) -> None:
+        """Write a Data-In segment piece by piece, file extents with ``sendfile``.
+
+        While the transport has nothing queued, ``os.sendfile`` goes straight to the socket: one
+        syscall and no copy through Python. What the socket can't take at once is read and
+        queued on the transport like any other data, so the connection never waits here
+        (``loop.sendfile`` would pause the transport and wait for it to drain, which costs more
+        than the copy it saves).
+        """
+        transport = self.writer.transport
         for extent in extents:
             if isinstance(extent, FileExtent):
-                await self.writer.drain()
-                file = self._files.get(extent.fd)
-                if file is None:
-                    file = self._files[extent.fd] = _FdFile(extent.fd)
-                await loop.sendfile(self.writer.transport, file, extent.offset, extent.length)  # type: ignore[arg-type]
+                offset, remaining = extent.offset, extent.length
+                if transport.get_write_buffer_size() == 0:
+                    offset, remaining = _sendfile_now(self._socket_fd, extent.fd, offset, remaining)
+                if remaining:
+                    rest = bytearray(remaining)
+                    pread_exact(extent.fd, memoryview(rest), offset)
+                    self.writer.write(rest)
             elif isinstance(extent, ZeroExtent):
-                remaining = extent.length
-                while remaining:
-                    step = min(remaining, len(_ZEROS))
-                    self.writer.write(memoryview(_ZEROS)[:step])
-                    remaining -= step
+                self._write_zeros(extent.length)
             else:
                 self.writer.write(bytes(extent.data))
         padding = pad_length(length)
         if padding:
             self.writer.write(bytes(padding))
 
+    def _write_zeros(self, count: int) -> None:
+        while count:
+            step = min(count, len(_ZEROS))
+            self.writer.write(memoryview(_ZEROS)[:step])
+            count -= step
 
-class _FdFile:
-    """The file-object face ``loop.sendfile`` wants, over an fd the storage layer owns.
 
-    sendfile only reads through explicit offsets; the position it sets afterwards is ignored
-    because every other user of the fd uses pread/pwrite.
+def _sendfile_now(socket_fd: int, fd: int, offset: int, count: int) -> tuple[int, int]:
+    """Send as much as the socket takes right now; returns the new (offset, remaining).
+
+    Past the end of the file (a sparse tail) nothing is sent; the caller's read gives zeros.
     """
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        return offset
-
-    def tell(self) -> int:
-        return 0
-
-    def read(self, size: int) -> bytes:  # the fallback path; never used on Linux
-        raise OSError("read() not supported")
+    while count:
+        try:
+            sent = os.sendfile(socket_fd, fd, offset, count)
+        except BlockingIOError:
+            break
+        if sent == 0:
+            break
+        offset += sent
+        count -= sent
+    return offset, count
 
 
 def _has_file(extents: list[Extent]) -> bool:
