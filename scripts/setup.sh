@@ -5,9 +5,14 @@
 # then the caller syncs the locked Python environment into .venv. Each step is skipped when its
 # result is already there, so re-running is quick and needs no network.
 
-# Debian packages the server and its tests call at run time; later features append here.
-#   qemu-utils: qemu-img, used to create and check qcow2 overlays.
+# Debian packages the server calls at run time; later features append here.
+#   qemu-utils: qemu-img, used to import images and check qcow2 overlays.
 APT_PACKAGES="qemu-utils"
+# Debian packages only the tests need: real initiators and the reference target.
+#   libiscsi-bin: iscsi-test-cu (conformance), iscsi-ls/-inq/-readcapacity16/-perf.
+#   qemu-block-extra: qemu-img/qemu-io with iscsi:// URLs.
+#   tgt: the reference iSCSI target the conformance tests and benchmarks compare against.
+APT_TEST_PACKAGES="libiscsi-bin qemu-block-extra tgt"
 
 # Python comes from the machine (Debian 12 ships 3.11); uv must never download one.
 export UV_PYTHON_DOWNLOADS=never
@@ -15,7 +20,7 @@ export UV_PYTHON_DOWNLOADS=never
 # Installs what is missing, then sets UV to the command that runs uv.
 setup_machine() {
     local wanted=() missing=() pkg
-    read -r -a wanted <<<"$APT_PACKAGES"
+    read -r -a wanted <<<"$APT_PACKAGES ${1:-}"
     command -v python3 >/dev/null 2>&1 || wanted+=(python3)
     if ! command -v uv >/dev/null 2>&1 && ! python3 -m pip --version >/dev/null 2>&1; then
         wanted+=(python3-pip)
