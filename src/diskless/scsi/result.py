@@ -28,7 +28,9 @@ NO_DATA = CommandPlan(DataDirection.NONE, 0)
 """The plan of every command that moves no data (shared; plans are immutable)."""
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built per command, and a frozen __init__ costs microseconds on the hot
+# path; treat it as immutable all the same.
+@dataclass(slots=True)
 class CommandResult:
     """Status, sense data and Data-In payload of one command.
 
