@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import RecordingDevice
+from recording_device import RecordingDevice
 from scsi_cdbs import (
     BLOCK,
     DISK_BLOCKS,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import RecordingDevice
+from recording_device import RecordingDevice
 from scsi_cdbs import (
     BLOCK,
     DISK_BLOCKS,

@@ -6,7 +6,7 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import RecordingDevice
+from recording_device import RecordingDevice
 from scsi_cdbs import (
     BLOCK,
     DISK_BLOCKS,

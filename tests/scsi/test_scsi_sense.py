@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import RecordingDevice
+from recording_device import RecordingDevice
 from scsi_cdbs import (
     BLOCK,
     IDENTITY,
