@@ -16,7 +16,7 @@ import os
 import secrets
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from diskless.iscsi.connection import Frame, FullFeatureConnection
 from diskless.iscsi.discovery import PortalInfo
@@ -73,9 +73,6 @@ class PortalStats:
     login_failures: int = 0
     malformed_pdus: int = 0
     commands: int = 0
-    bytes_read: int = 0
-    bytes_written: int = 0
-    active: set[int] = field(default_factory=set)
 
 
 class IscsiPortal:
@@ -442,11 +439,16 @@ class _Link:
         await self.writer.drain()
 
     async def write_frames(self, frames: list[Frame], connection: FullFeatureConnection) -> bool:
-        """Send ``frames``; True when the connection must close afterwards."""
+        """Send ``frames``; True when the connection must close afterwards.
+
+        Everything up to a sendfile goes to the transport in one ``writelines``, so a batch of
+        small answers costs one ``send`` rather than one per PDU.
+        """
         close = False
+        parts: list[bytes | bytearray | memoryview] = []
         for frame in frames:
             header = frame.header
-            parts: list[bytes | bytearray | memoryview] = [header]
+            parts.append(header)
             if self._header_digest:
                 parts.append(header_digest(header))
             data = frame.data
@@ -456,16 +458,16 @@ class _Link:
                     or frame.data_length < SENDFILE_MIN_BYTES
                     or not _has_file(data)
                 ):
-                    payload = _materialize(data, frame.data_length)
-                    self._append_data(parts, payload)
-                    self.writer.writelines(parts)
+                    self._append_data(parts, _materialize(data, frame.data_length))
                 else:
                     self.writer.writelines(parts)
+                    parts = []
                     self._stream(data, frame.data_length)
             else:
                 self._append_data(parts, data)
-                self.writer.writelines(parts)
             close = close or frame.close_after
+        if parts:
+            self.writer.writelines(parts)
         await self.writer.drain()
         return close
 
