@@ -29,6 +29,7 @@ __all__ = [
     "FileExtent",
     "RawImage",
     "ZeroExtent",
+    "byte_view",
     "check_range",
     "extents_length",
     "fill_from_plan",
@@ -135,6 +136,14 @@ def check_range(device_size: int, offset: int, length: int) -> None:
         raise OutOfRangeError(f"range {offset}+{length} outside device of {device_size} bytes")
 
 
+def byte_view(buf: bytearray | memoryview) -> memoryview:
+    """``buf`` as a flat view of bytes, without a copy (and without a cast when it already is)."""
+    view = memoryview(buf)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
 def extents_length(plan: list[Extent]) -> int:
     return sum(extent.length for extent in plan)
 
@@ -198,9 +207,7 @@ class RawImage:
         return bytes(buf)
 
     def readinto(self, offset: int, buf: bytearray | memoryview) -> None:
-        view = memoryview(buf)
-        if view.format != "B" or view.ndim != 1:
-            view = view.cast("B")
+        view = byte_view(buf)
         length = len(view)
         if offset < 0 or offset + length > self._size:
             check_range(self._size, offset, length)

@@ -38,6 +38,7 @@ from diskless.storage.blockdev import (
     Extent,
     FileExtent,
     ZeroExtent,
+    byte_view,
     check_range,
     fill_from_plan,
 )
@@ -277,9 +278,7 @@ class Qcow2Image:
         return bytes(buf)
 
     def readinto(self, offset: int, buf: bytearray | memoryview) -> None:
-        view = memoryview(buf)
-        if view.format != "B" or view.ndim != 1:
-            view = view.cast("B")
+        view = byte_view(buf)
         length = len(view)
         if offset < 0 or offset + length > self._size:
             check_range(self._size, offset, length)
