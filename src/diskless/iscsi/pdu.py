@@ -112,8 +112,9 @@ __all__ = [
 # Every AHS starts with AHSLength (2), AHSType (1) and one type-specific byte (RFC 7143 §11.2.2).
 _AHS_HEADER = 3
 
-_INITIATOR_OPCODES: Final = frozenset(
-    {
+_INITIATOR_OPCODES: Final[dict[int, Opcode]] = {
+    opcode.value: opcode
+    for opcode in (
         Opcode.NOP_OUT,
         Opcode.SCSI_COMMAND,
         Opcode.TASK_MANAGEMENT_REQUEST,
@@ -122,8 +123,9 @@ _INITIATOR_OPCODES: Final = frozenset(
         Opcode.DATA_OUT,
         Opcode.LOGOUT_REQUEST,
         Opcode.SNACK,
-    }
-)
+    )
+}
+"""Initiator opcodes by value: a dict lookup, where ``Opcode(code)`` costs ~0.5 µs a PDU."""
 
 # Byte 1 flags.
 _FINAL = 0x80
@@ -189,7 +191,8 @@ def parse_bhs(bhs: bytes | bytearray | memoryview, *, max_data_segment_length: i
     total_ahs_length = (lengths >> 24) * 4
     data_segment_length = lengths & MAX_DATA_SEGMENT_LENGTH
     code = byte0 & _OPCODE_MASK
-    if code not in _INITIATOR_OPCODES:
+    opcode = _INITIATOR_OPCODES.get(code)
+    if opcode is None:
         raise MalformedPdu(
             f"opcode {code:#04x} is not an initiator opcode",
             reject_reason=RejectReason.COMMAND_NOT_SUPPORTED,
@@ -206,7 +209,7 @@ def parse_bhs(bhs: bytes | bytearray | memoryview, *, max_data_segment_length: i
             data_segment_length=data_segment_length,
         )
     return BasicHeader(
-        opcode=Opcode(code),
+        opcode=opcode,
         immediate=bool(byte0 & _IMMEDIATE),
         final=bool(flags & _FINAL),
         flags=flags,
