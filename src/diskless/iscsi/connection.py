@@ -447,18 +447,21 @@ class FullFeatureConnection:
     ) -> None:
         edtl = command.expected_data_transfer_length
         # RFC 7143 §11.4.5: residuals compare EDTL with what the command wanted to move.
+        returned = result.data_length
         if transferred_plan is not None and transferred_plan.direction is DataDirection.WRITE:
             wanted = transferred_plan.transfer_length
         else:
-            wanted = result.data_length
+            wanted = returned
         overflow = wanted > edtl
         underflow = wanted < edtl
         residual = abs(wanted - edtl)
-        if result.status == ScsiStatus.GOOD and result.data and not result.sense:
+        # Only GOOD carries Data-In (CHECK CONDITION answers carry sense instead); its last
+        # Data-In PDU also carries the status, so no SCSI Response follows (phase collapse).
+        if returned and result.status == ScsiStatus.GOOD:
             self._data_in(
                 command,
                 result.data,
-                min(edtl, result.data_length),
+                min(edtl, returned),
                 out,
                 status=int(result.status),
                 overflow=overflow,
@@ -466,8 +469,6 @@ class FullFeatureConnection:
                 residual=residual,
             )
             return
-        if result.data and result.status == ScsiStatus.GOOD:
-            self._data_in(command, result.data, min(edtl, result.data_length), out, status=None)
         sense = result.sense
         data = (len(sense).to_bytes(2, "big") + sense) if sense else b""
         header = encode_scsi_response(

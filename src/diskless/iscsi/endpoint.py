@@ -201,7 +201,7 @@ class IscsiPortal:
             header = await self._read_header(link)
             if header is None:
                 return None
-            ahs, data = await link.read_rest(header, header_digest=False, data_digest=False)
+            ahs, data = await link.read_login_rest(header)
             if header.opcode is not Opcode.LOGIN_REQUEST:
                 step = machine.receive_other(header)
                 if step is not None:
@@ -408,31 +408,18 @@ class _Link:
         self._header_digest = params.header_digest is Digest.CRC32C
         self._data_digest = params.data_digest is Digest.CRC32C
 
-    async def read_rest(
-        self, header: BasicHeader, *, header_digest: bool, data_digest: bool
-    ) -> tuple[bytes, memoryview]:
+    async def read_login_rest(self, header: BasicHeader) -> tuple[bytes, memoryview]:
+        """AHS and data of a login-phase PDU (no digests exist before full feature phase)."""
         ahs = (
             await self.reader.readexactly(header.total_ahs_length)
             if header.total_ahs_length
             else b""
         )
-        if header_digest:
-            received = await self.reader.readexactly(DIGEST_LENGTH)
-            if received != _header_digest_of(header, ahs):
-                # RFC 7143 §7.8: the header can't be trusted, so neither can the framing.
-                raise ConnectionResetError("header digest error")
         length = header.data_segment_length
-        data = memoryview(b"")
-        if length:
-            padded = await self.reader.readexactly(length + pad_length(length))
-            data = memoryview(padded)[:length]
-            if data_digest:
-                received = await self.reader.readexactly(DIGEST_LENGTH)
-                digest = DataDigest()
-                digest.update(data)
-                if received != digest.digest():
-                    raise DigestError("data digest mismatch", bhs=header.raw)
-        return ahs, data
+        if not length:
+            return ahs, memoryview(b"")
+        padded = await self.reader.readexactly(length + pad_length(length))
+        return ahs, memoryview(padded)[:length]
 
     async def write(self, chunks: list[bytes]) -> None:
         self.writer.writelines(chunks)
@@ -552,7 +539,3 @@ def _materialize(extents: list[Extent], length: int) -> bytearray:
             view[position:end] = extent.data
         position = end
     return buffer
-
-
-def _header_digest_of(header: BasicHeader, ahs: bytes) -> bytes:
-    return header_digest(header.raw + ahs)

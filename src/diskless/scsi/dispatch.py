@@ -9,6 +9,7 @@ package-private contract between ``lu.py`` and the ``spc.py``/``sbc.py`` handler
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
@@ -88,29 +89,20 @@ def no_data(unit: LogicalUnit, cdb: bytes) -> CommandPlan:
     return NO_DATA
 
 
-_PLAN_CACHE_SIZE = 512
-"""Plans kept per direction. Plans are immutable, and a disk sees few distinct transfer sizes
-(4 KiB, 64 KiB, ...), so READ/WRITE reuse one instead of building a frozen dataclass per I/O."""
-_READ_PLANS: dict[int, CommandPlan] = {}
-_WRITE_PLANS: dict[int, CommandPlan] = {}
-
-
+@functools.lru_cache(maxsize=512)
 def data_in(length: int) -> CommandPlan:
-    plan = _READ_PLANS.get(length)
-    if plan is None:
-        plan = CommandPlan(DataDirection.READ, length) if length else NO_DATA
-        if len(_READ_PLANS) < _PLAN_CACHE_SIZE:
-            _READ_PLANS[length] = plan
-    return plan
+    """The plan of a Data-In command moving ``length`` bytes.
+
+    Memoised: plans are immutable and a disk sees few distinct transfer sizes (4 KiB, 64 KiB,
+    ...), so READ reuses one instead of building a dataclass per I/O.
+    """
+    return CommandPlan(DataDirection.READ, length) if length else NO_DATA
 
 
+@functools.lru_cache(maxsize=512)
 def data_out(length: int) -> CommandPlan:
-    plan = _WRITE_PLANS.get(length)
-    if plan is None:
-        plan = CommandPlan(DataDirection.WRITE, length) if length else NO_DATA
-        if len(_WRITE_PLANS) < _PLAN_CACHE_SIZE:
-            _WRITE_PLANS[length] = plan
-    return plan
+    """The plan of a Data-Out command moving ``length`` bytes (memoised like :func:`data_in`)."""
+    return CommandPlan(DataDirection.WRITE, length) if length else NO_DATA
 
 
 def require_data(data: DataOut, length: int) -> memoryview:
