@@ -7,12 +7,18 @@
 
 # Debian packages the server calls at run time; later features append here.
 #   qemu-utils: qemu-img, used to import images and check qcow2 overlays.
-APT_PACKAGES="qemu-utils"
+#   ipxe: the iPXE boot programs (undionly.kpxe, ipxe.efi, snponly.efi) that DHCP/TFTP hand out.
+APT_PACKAGES="qemu-utils ipxe"
 # Debian packages only the tests need: real initiators and the reference target.
 #   libiscsi-bin: iscsi-test-cu (conformance), iscsi-ls/-inq/-readcapacity16/-perf.
 #   qemu-block-extra: qemu-img/qemu-io with iscsi:// URLs.
 #   tgt: the reference iSCSI target the conformance tests and benchmarks compare against.
-APT_TEST_PACKAGES="libiscsi-bin qemu-block-extra tgt"
+#   udhcpc, isc-dhcp-client, dnsmasq-base, kea-admin: DHCP clients, a foreign DHCP server for
+#     proxy mode and perfdhcp (all run inside test-made network namespaces only).
+#   curl, atftp, tftp-hpa, tftpd-hpa: TFTP clients and the reference TFTP server.
+#   nginx-light, wrk: the reference HTTP server and load generator for benchmarks.
+#   iproute2: `ip netns` for the namespace labs.
+APT_TEST_PACKAGES="libiscsi-bin qemu-block-extra tgt udhcpc isc-dhcp-client dnsmasq-base kea-admin curl atftp tftp-hpa tftpd-hpa nginx-light wrk iproute2"
 
 # Python comes from the machine (Debian 12 ships 3.11); uv must never download one.
 export UV_PYTHON_DOWNLOADS=never

@@ -8,6 +8,7 @@ joined with ``__``, e.g. ``DISKLESS_STORAGE__OVERLAY_CLUSTER_SIZE``) override th
 from __future__ import annotations
 
 import tomllib
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +23,16 @@ from pydantic_settings import (
 
 from diskless.errors import ConfigError
 
-__all__ = ["LoggingSettings", "Settings", "StorageSettings", "load_settings"]
+__all__ = [
+    "BootSettings",
+    "DhcpSettings",
+    "HttpSettings",
+    "LoggingSettings",
+    "Settings",
+    "StorageSettings",
+    "TftpSettings",
+    "load_settings",
+]
 
 DEFAULT_DATA_DIR = Path("diskless-data")
 
@@ -54,6 +64,119 @@ class StorageSettings(_Section):
         return value
 
 
+class BootSettings(_Section):
+    """What clients are told to boot: the iPXE programs, the machines and unknown clients."""
+
+    ipxe_dir: Path = Field(
+        default=Path("/usr/lib/ipxe"),
+        description="Directory holding the iPXE programs (Debian's `ipxe` package installs here)",
+    )
+    bios_file: str = Field(
+        default="undionly.kpxe", description="Boot program for BIOS PXE clients (option 93 = 0)"
+    )
+    uefi_x64_file: str = Field(
+        default="ipxe.efi",
+        description="Boot program for x64 UEFI PXE clients (option 93 = 7 or 9); snponly.efi also works",
+    )
+    uefi_ia32_file: str | None = Field(
+        default=None, description="Boot program for 32-bit UEFI clients (option 93 = 6), if any"
+    )
+    uefi_arm64_file: str | None = Field(
+        default=None,
+        description="Boot program for ARM64 UEFI clients (option 93 = 11), e.g. an arm64 ipxe.efi",
+    )
+    machines_file: Path | None = Field(
+        default=None,
+        description="TOML file listing the known machines (MAC, name, address, boot target)",
+    )
+    unknown_clients: Literal["ignore", "menu"] = Field(
+        default="menu",
+        description=(
+            "What an unknown MAC gets: ignore (no answer at all), or menu (boot the default "
+            "menu and be recorded as discovered)"
+        ),
+    )
+    iqn_prefix: str = Field(
+        default="iqn.2026-11.org.diskless",
+        description="Prefix of the iSCSI names derived for each machine's target and initiator",
+    )
+    server_address: IPv4Address | None = Field(
+        default=None,
+        description=(
+            "Address clients use to reach this server's HTTP, TFTP and iSCSI services; by default "
+            "the DHCP interface's address, or the address a client's request arrived on"
+        ),
+    )
+    menu_timeout: int = Field(
+        default=10, ge=0, description="Seconds the default menu waits before its default item"
+    )
+
+
+class DhcpSettings(_Section):
+    """The DHCP service: off unless an interface is named (a DHCP server never binds 'all')."""
+
+    interface: str | None = Field(
+        default=None,
+        description="Network interface to serve DHCP on; no interface means no DHCP service",
+    )
+    mode: Literal["full", "proxy"] = Field(
+        default="proxy",
+        description=(
+            "full: hand out addresses from the pool; proxy: answer only PXE clients, beside a "
+            "DHCP server we do not control (UDP 67 and 4011)"
+        ),
+    )
+    pool_start: IPv4Address | None = Field(
+        default=None, description="First address of the dynamic pool (full mode)"
+    )
+    pool_end: IPv4Address | None = Field(
+        default=None, description="Last address of the dynamic pool (full mode)"
+    )
+    subnet_mask: IPv4Address | None = Field(
+        default=None, description="Subnet mask handed out; by default the interface's own"
+    )
+    routers: list[IPv4Address] = Field(default=[], description="Default gateways (option 3)")
+    dns_servers: list[IPv4Address] = Field(default=[], description="DNS servers (option 6)")
+    domain_name: str | None = Field(default=None, description="Domain name (option 15)")
+    lease_time: int = Field(
+        default=3600, ge=60, description="Lease time in seconds for dynamic addresses"
+    )
+    port: int = Field(default=67, ge=1, le=65535, description="Server port (67; tests move it)")
+    proxy_port: int = Field(
+        default=4011, ge=1, le=65535, description="PXE boot-server port of proxy mode (4011)"
+    )
+
+
+class TftpSettings(_Section):
+    """The read-only TFTP server that hands out the iPXE programs."""
+
+    enabled: bool = Field(default=True, description="Run the TFTP server")
+    host: str = Field(default="0.0.0.0", description="Address to listen on")
+    port: int = Field(default=69, ge=1, le=65535, description="UDP port to listen on")
+    root: Path | None = Field(
+        default=None,
+        description=(
+            "Extra files served besides the iPXE programs, jailed to this directory "
+            "(default: <data_dir>/tftp)"
+        ),
+    )
+
+
+class HttpSettings(_Section):
+    """The HTTP boot plane: per-machine iPXE scripts and large boot files (clients only)."""
+
+    enabled: bool = Field(default=True, description="Run the HTTP boot plane")
+    host: str = Field(default="0.0.0.0", description="Address to listen on")
+    port: int = Field(default=8080, ge=1, le=65535, description="TCP port to listen on")
+    root: Path | None = Field(
+        default=None,
+        description=(
+            "Static boot assets (kernels, initrds, WinPE files), jailed to this directory "
+            "(default: <data_dir>/http)"
+        ),
+    )
+
+
 class LoggingSettings(_Section):
     """What the server logs and how each line looks (all logs go to stderr)."""
 
@@ -78,6 +201,10 @@ class Settings(BaseSettings):
         description="Holds golden images, per-machine overlays and state",
     )
     storage: StorageSettings = StorageSettings()
+    boot: BootSettings = BootSettings()
+    dhcp: DhcpSettings = DhcpSettings()
+    tftp: TftpSettings = TftpSettings()
+    http: HttpSettings = HttpSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @classmethod
@@ -127,7 +254,27 @@ def load_settings(path: Path | None = None) -> Settings:
     except SettingsError as exc:
         # An environment variable that does not parse (e.g. malformed JSON for a whole section).
         raise ConfigError(f"environment: {exc}") from exc
-    if path is not None and not settings.data_dir.is_absolute():
-        # A relative data_dir in a file means relative to that file, not to wherever we started.
-        settings = settings.model_copy(update={"data_dir": path.parent / settings.data_dir})
+    if path is not None:
+        settings = _anchor_paths(settings, path.parent)
     return settings
+
+
+def _anchor_paths(settings: Settings, base: Path) -> Settings:
+    """Make the file's relative paths relative to the file, not to wherever we started."""
+
+    def anchored(value: Path | None) -> Path | None:
+        return base / value if value is not None and not value.is_absolute() else value
+
+    return settings.model_copy(
+        update={
+            "data_dir": anchored(settings.data_dir),
+            "boot": settings.boot.model_copy(
+                update={
+                    "ipxe_dir": anchored(settings.boot.ipxe_dir),
+                    "machines_file": anchored(settings.boot.machines_file),
+                }
+            ),
+            "tftp": settings.tftp.model_copy(update={"root": anchored(settings.tftp.root)}),
+            "http": settings.http.model_copy(update={"root": anchored(settings.http.root)}),
+        }
+    )

@@ -1,0 +1,159 @@
+"""The boot decision: one pure function from (machine record, request facts) to a boot plan.
+
+DHCP asks it which boot program or URL to hand out, TFTP and HTTP ask it what a client may fetch
+and what its iPXE script boots; because they all ask :func:`decide`, they never disagree. It does
+no I/O and reads no clock, so it is tested exhaustively with plain values.
+
+A boot goes through two stages, and the plan covers both:
+
+1. the firmware's PXE or HTTP-boot client gets an iPXE program built for its architecture (over
+   TFTP, or as an http:// URL for UEFI HTTP boot);
+2. iPXE asks DHCP again, identifies itself (user class ``iPXE`` or option 175) and is handed the
+   URL of its per-machine script instead, which breaks the chainload loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+from diskless.boot.arch import Firmware, Platform, classify_arch
+from diskless.boot.machines import (
+    BootTarget,
+    LocalDiskTarget,
+    Machine,
+    MenuItem,
+    MenuTarget,
+    NetbootXyzTarget,
+    format_mac,
+)
+
+__all__ = [
+    "BootSite",
+    "BootPlan",
+    "Loader",
+    "RequestFacts",
+    "decide",
+    "default_unknown_menu",
+    "script_path",
+]
+
+SCRIPT_PREFIX = "/boot/"
+
+
+def script_path(mac: bytes) -> str:
+    """The HTTP path of a machine's iPXE script, e.g. ``/boot/52:54:00:18:00:10.ipxe``."""
+    return f"{SCRIPT_PREFIX}{format_mac(mac)}.ipxe"
+
+
+def default_unknown_menu() -> MenuTarget:
+    """What an unknown machine boots when ``boot.unknown_clients = "menu"``."""
+    return MenuTarget(
+        title="diskless: this machine is not enrolled yet",
+        items=[
+            MenuItem(label="Boot from the local disk", target=LocalDiskTarget()),
+            MenuItem(label="netboot.xyz (needs internet access)", target=NetbootXyzTarget()),
+        ],
+        default=0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What a request says about the client, whichever protocol carried it."""
+
+    mac: bytes
+    arch: int | None = None
+    """DHCP option 93 (first value), ``None`` when absent."""
+    ipxe: bool = False
+    """The client runs iPXE already (user class ``iPXE`` or iPXE's option 175)."""
+    vendor_class: str = ""
+    """DHCP option 60, e.g. ``PXEClient:Arch:00007:UNDI:003016`` or ``HTTPClient:...``."""
+
+    @property
+    def http_client(self) -> bool:
+        return self.vendor_class.startswith("HTTPClient")
+
+
+@dataclass(frozen=True, slots=True)
+class BootSite:
+    """Site-wide facts the decision needs: where our services are and which programs exist."""
+
+    server: IPv4Address
+    http_port: int = 8080
+    loaders: dict[Firmware, str] = field(
+        default_factory=lambda: {Firmware.BIOS: "undionly.kpxe", Firmware.UEFI_X64: "ipxe.efi"}
+    )
+    """iPXE program (a TFTP/HTTP file name) per firmware; a firmware not listed boots nothing."""
+    unknown_target: BootTarget | None = field(default_factory=default_unknown_menu)
+    """What unknown machines boot; ``None`` ignores them."""
+
+    @property
+    def http_base(self) -> str:
+        port = "" if self.http_port == 80 else f":{self.http_port}"
+        return f"http://{self.server}{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Loader:
+    """What DHCP hands out: a TFTP file name, or an http:// URL (iPXE and UEFI HTTP boot)."""
+
+    file: str
+    over_http: bool
+
+    @property
+    def vendor_class(self) -> str:
+        """Option 60 in the reply: UEFI HTTP boot requires ``HTTPClient`` back."""
+        return "HTTPClient" if self.over_http else "PXEClient"
+
+
+@dataclass(frozen=True, slots=True)
+class BootPlan:
+    """The decision for one request."""
+
+    machine: Machine | None
+    """``None``: an unknown client given the site's default (and recorded as discovered)."""
+    platform: Platform
+    loader: Loader | None
+    """What DHCP hands out; ``None`` when there is no program for this firmware."""
+    target: BootTarget
+    """What the iPXE script boots."""
+    once: bool
+    """``target`` is the next-boot-once override, forgotten once its script is served."""
+
+    @property
+    def known(self) -> bool:
+        return self.machine is not None
+
+
+def decide(machine: Machine | None, facts: RequestFacts, site: BootSite) -> BootPlan | None:
+    """The plan for a client, or ``None`` when it gets no answer at all (unknown and ignored)."""
+    if machine is None:
+        if site.unknown_target is None:
+            return None
+        target: BootTarget = site.unknown_target
+        once = False
+    elif machine.next_boot_once is not None:
+        target, once = machine.next_boot_once, True
+    else:
+        target, once = machine.boot, False
+    platform = classify_arch(facts.arch)
+    return BootPlan(
+        machine=machine,
+        platform=platform,
+        loader=_loader(facts, platform, site),
+        target=target,
+        once=once,
+    )
+
+
+def _loader(facts: RequestFacts, platform: Platform, site: BootSite) -> Loader | None:
+    if facts.ipxe:
+        # Already in iPXE: hand it its script, not iPXE again (the chainload loop).
+        return Loader(site.http_base + script_path(facts.mac), over_http=True)
+    program = site.loaders.get(platform.firmware)
+    if program is None:
+        return None
+    if platform.http_boot or facts.http_client:
+        return Loader(f"{site.http_base}/ipxe/{program}", over_http=True)
+    return Loader(program, over_http=False)
