@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 from diskless.boot import (
+    BootEvent,
     BootSite,
+    BootStage,
+    BootTimeline,
     Firmware,
     LinuxTarget,
     LocalDiskTarget,
@@ -18,6 +21,7 @@ from diskless.boot import (
     SanbootTarget,
     classify_arch,
     decide,
+    iscsi_names,
     load_machine_book,
     parse_mac,
 )
@@ -157,3 +161,27 @@ def test_duplicate_reserved_addresses_are_refused() -> None:
     other = Machine(mac=parse_mac("525400180011"), hostname="b", ip=MACHINE.ip)
     with pytest.raises(ConfigError, match="reserve the address"):
         MachineBook([MACHINE, other])
+
+
+def test_iscsi_names_derive_from_the_record() -> None:
+    names = iscsi_names(MACHINE, "iqn.2026-11.org.example")
+    assert names.target == "iqn.2026-11.org.example:disk.seat-01"
+    assert names.initiator == "iqn.2026-11.org.example:client.seat-01"
+    named = MACHINE.model_copy(update={"initiator_name": "iqn.1991-05.com.microsoft:seat"})
+    assert iscsi_names(named, "iqn.x", disk="Win11").target == "iqn.x:disk.win11"
+    assert iscsi_names(named, "iqn.x").initiator == "iqn.1991-05.com.microsoft:seat"
+
+
+def test_timeline_is_bounded_and_lists_discovered_macs() -> None:
+    timeline = BootTimeline(per_client=3, clients=2)
+    seen: list[BootEvent] = []
+    timeline.subscribe(seen.append)
+    for index in range(5):
+        timeline.record(BootEvent(MAC, BootStage.DHCP_OFFER, at=float(index)))
+    assert [event.at for event in timeline.events(MAC)] == [2.0, 3.0, 4.0]
+    other, third = parse_mac("525400000001"), parse_mac("525400000002")
+    timeline.record(BootEvent(other, BootStage.DISCOVERED, at=9.0, known=False))
+    assert timeline.discovered() == [other]
+    timeline.record(BootEvent(third, BootStage.DHCP_OFFER, at=10.0))
+    assert timeline.events(MAC) == []  # the oldest MAC was evicted
+    assert len(seen) == 7

@@ -3,10 +3,13 @@
 * ``arch``: option-93 client architectures → firmware family and HTTP boot.
 * ``machines``: :class:`Machine` records, boot targets and the :class:`MachineBook` snapshot
   (loaded from a TOML file until the inventory lands).
-* ``policy``: :func:`decide` (pure) → :class:`BootPlan`, shared by DHCP, TFTP and HTTP.
+* ``policy``: :func:`decide` (pure) → :class:`BootPlan`, shared by DHCP, TFTP and HTTP, and
+  :func:`iscsi_names`, the target and initiator names derived from a machine.
+* ``events``: :class:`BootEvent` and the in-memory :class:`BootTimeline` every service reports to.
 """
 
 from diskless.boot.arch import Firmware, Platform, classify_arch
+from diskless.boot.events import BootEvent, BootStage, BootTimeline
 from diskless.boot.machines import (
     BootTarget,
     ChainTarget,
@@ -26,19 +29,25 @@ from diskless.boot.machines import (
 from diskless.boot.policy import (
     BootPlan,
     BootSite,
+    IscsiNames,
     Loader,
     RequestFacts,
     decide,
     default_unknown_menu,
+    iscsi_names,
     script_path,
 )
 
 __all__ = [
+    "BootEvent",
+    "BootStage",
+    "BootTimeline",
     "BootPlan",
     "BootSite",
     "BootTarget",
     "ChainTarget",
     "Firmware",
+    "IscsiNames",
     "LinuxTarget",
     "Loader",
     "LocalDiskTarget",
@@ -55,6 +64,7 @@ __all__ = [
     "decide",
     "default_unknown_menu",
     "format_mac",
+    "iscsi_names",
     "load_machine_book",
     "parse_mac",
     "script_path",

@@ -33,8 +33,10 @@ __all__ = [
     "BootPlan",
     "Loader",
     "RequestFacts",
+    "IscsiNames",
     "decide",
     "default_unknown_menu",
+    "iscsi_names",
     "script_path",
 ]
 
@@ -87,6 +89,9 @@ class BootSite:
     """iPXE program (a TFTP/HTTP file name) per firmware; a firmware not listed boots nothing."""
     unknown_target: BootTarget | None = field(default_factory=default_unknown_menu)
     """What unknown machines boot; ``None`` ignores them."""
+    iqn_prefix: str = "iqn.2026-11.org.diskless"
+    iscsi_port: int = 3260
+    menu_timeout: int = 10
 
     @property
     def http_base(self) -> str:
@@ -124,6 +129,25 @@ class BootPlan:
     @property
     def known(self) -> bool:
         return self.machine is not None
+
+
+@dataclass(frozen=True, slots=True)
+class IscsiNames:
+    """The iSCSI identities of a machine's disk, derived from its record (never stored twice)."""
+
+    target: str
+    initiator: str
+
+
+def iscsi_names(machine: Machine, iqn_prefix: str, disk: str | None = None) -> IscsiNames:
+    """Target ``<prefix>:disk.<disk>`` and initiator ``<prefix>:client.<hostname>``.
+
+    Both firmware iPXE and the booted OS (which reads iPXE's iBFT) log in with the initiator name
+    the script sets, so a machine is recognised by the same name in both stages.
+    """
+    disk_name = (disk or machine.hostname).lower()
+    initiator = machine.initiator_name or f"{iqn_prefix}:client.{machine.hostname.lower()}"
+    return IscsiNames(target=f"{iqn_prefix}:disk.{disk_name}", initiator=initiator)
 
 
 def decide(machine: Machine | None, facts: RequestFacts, site: BootSite) -> BootPlan | None:
