@@ -12,6 +12,7 @@ cancelled and releases what it holds (sockets, open disks) in ``finally``; see :
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +20,11 @@ from pathlib import Path
 from typing import Protocol, Self
 
 from diskless import __version__
+from diskless.boot.events import BootTimeline
+from diskless.boot.machines import MachineBook, load_machine_book
+from diskless.boot.site import site_from_settings
 from diskless.config import Settings
+from diskless.dhcp.endpoint import DhcpService
 from diskless.errors import ConfigError, DisklessError
 from diskless.observe.log import configure_logging, get_logger
 
@@ -87,14 +92,36 @@ def prepare_data_dir(data_dir: Path) -> DataLayout:
     return layout
 
 
+@dataclass(frozen=True, slots=True)
+class BootState:
+    """What every boot service shares: the machine snapshot and the boot timeline."""
+
+    machines: MachineBook
+    timeline: BootTimeline
+
+    def machine_book(self) -> MachineBook:
+        return self.machines
+
+
 def build_services(settings: Settings, layout: DataLayout) -> list[Service]:
     """The network services these settings enable, in start order.
 
-    None exist in this version; the iSCSI target and the DHCP, TFTP and HTTP boot services are
-    appended here as they land, each built from its own settings section.
+    DHCP runs only when ``dhcp.interface`` names an interface; the iSCSI target and the TFTP and
+    HTTP boot services are appended here as they land, each built from its own settings section.
     """
-    del settings, layout  # Used by the services that land next.
-    return []
+    state = BootState(load_machine_book(settings.boot.machines_file), BootTimeline())
+    services: list[Service] = []
+    if settings.dhcp.interface is not None:
+        services.append(
+            DhcpService(
+                settings=settings.dhcp,
+                site=functools.partial(site_from_settings, settings),
+                machines=state.machine_book,
+                state_dir=layout.state,
+                timeline=state.timeline,
+            )
+        )
+    return services
 
 
 async def run_services(services: Sequence[Service], *, stop: asyncio.Event) -> None:

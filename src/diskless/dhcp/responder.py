@@ -1,0 +1,414 @@
+"""The DHCP server's decisions, sans-I/O: a datagram and its arrival in, at most one reply out.
+
+:class:`DhcpResponder` implements both modes:
+
+* **full**: DISCOVER/OFFER, REQUEST/ACK/NAK in each client state (selecting, init-reboot,
+  renewing, rebinding), DECLINE, RELEASE, INFORM, relays (``giaddr``), reservations from the
+  machine book and the pool in :class:`~diskless.dhcp.leases.LeaseTable`; no ping before an offer
+  (the client's DECLINE covers a conflict, and a ping wait stalls boot storms);
+* **proxy**: beside a DHCP server we do not control, it answers only PXE/HTTP-boot/iPXE clients,
+  with boot information and no address: on port 67 to their DISCOVER, and on port 4011 to the
+  request they send there (UEFI firmware and iPXE both ask on 4011).
+
+What a client boots comes from :func:`diskless.boot.decide`, so DHCP, TFTP and HTTP agree.
+Malformed datagrams are dropped and counted in :class:`DhcpStats`; nothing raises to the caller.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from typing import Literal
+
+from diskless.boot.arch import Firmware
+from diskless.boot.events import BootEvent, BootStage, BootTimeline
+from diskless.boot.machines import BootTarget, Machine, MachineBook, SanbootTarget
+from diskless.boot.policy import BootPlan, BootSite, RequestFacts, decide, iscsi_names
+from diskless.dhcp.codec import (
+    BOOTREPLY,
+    BOOTREQUEST,
+    DhcpFormatError,
+    DhcpMessage,
+    MessageType,
+    Option,
+    encode_message,
+    parse_message,
+)
+from diskless.dhcp.leases import LeaseTable
+
+__all__ = ["DhcpConfig", "DhcpResponder", "DhcpStats", "Reply", "SERVER_PORT", "CLIENT_PORT"]
+
+SERVER_PORT = 67
+CLIENT_PORT = 68
+PXE_PORT = 4011
+_BROADCAST = "255.255.255.255"
+# PXE vendor options (option 43): tag 6, PXE_DISCOVERY_CONTROL, bit 3 = "use the boot file name
+# in this offer, skip boot-server discovery".
+_PXE_DISCOVERY_USE_BOOTFILE = bytes((6, 1, 8, 255))
+# iPXE option 175.176 (no-pxedhcp): we are the only DHCP server, so iPXE need not wait ~3 s for
+# ProxyDHCP offers that will never come.
+_IPXE_NO_PXEDHCP = bytes((176, 1, 1))
+
+
+@dataclass(frozen=True, slots=True)
+class DhcpConfig:
+    """What the responder needs from the settings and the interface, resolved once."""
+
+    mode: Literal["full", "proxy"]
+    server: IPv4Address
+    network: IPv4Network
+    lease_time: int = 3600
+    routers: tuple[IPv4Address, ...] = ()
+    dns_servers: tuple[IPv4Address, ...] = ()
+    domain_name: str | None = None
+
+
+@dataclass(slots=True)
+class DhcpStats:
+    """Counters for metrics and tests; every received datagram lands in exactly one outcome."""
+
+    received: int = 0
+    malformed: int = 0
+    ignored: int = 0
+    offers: int = 0
+    acks: int = 0
+    naks: int = 0
+    proxy_offers: int = 0
+    proxy_acks: int = 0
+    releases: int = 0
+    declines: int = 0
+    informs: int = 0
+    pool_exhausted: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    data: bytes
+    host: str
+    port: int
+
+    @property
+    def broadcast(self) -> bool:
+        return self.host == _BROADCAST
+
+
+@dataclass(slots=True)
+class DhcpResponder:
+    config: DhcpConfig
+    site: BootSite
+    machines: Callable[[], MachineBook]
+    leases: LeaseTable | None = None
+    timeline: BootTimeline | None = None
+    clock: Callable[[], float] = time.time
+    stats: DhcpStats = field(default_factory=DhcpStats)
+
+    def handle(self, datagram: bytes, source: tuple[str, int], local_port: int) -> Reply | None:
+        """The reply to one datagram, or ``None`` (ignored, malformed or not for us)."""
+        self.stats.received += 1
+        try:
+            message = parse_message(datagram)
+        except DhcpFormatError:
+            self.stats.malformed += 1
+            return None
+        if message.op != BOOTREQUEST or len(message.chaddr) != 6:
+            self.stats.ignored += 1
+            return None
+        kind = message.message_type
+        reply: Reply | None = None
+        if kind is None:
+            self.stats.malformed += 1
+            return None
+        if self.config.mode == "proxy":
+            reply = self._proxy(message, kind, source, local_port)
+        elif local_port != PXE_PORT:
+            reply = self._full(message, kind)
+        if reply is None:
+            self.stats.ignored += 1
+        return reply
+
+    # -- full mode -----------------------------------------------------------------------------
+
+    def _full(self, message: DhcpMessage, kind: MessageType) -> Reply | None:
+        leases = self.leases
+        if leases is None:
+            return None
+        if message.giaddr != bytes(4) and IPv4Address(message.giaddr) not in self.config.network:
+            return None  # A relay for a subnet we have no pool for.
+        now = self.clock()
+        mac = message.chaddr
+        machine = self.machines().by_mac(mac)
+        if kind is MessageType.DISCOVER:
+            requested = message.address_option(Option.REQUESTED_ADDRESS)
+            address = leases.offer(
+                mac, int.from_bytes(requested, "big") if requested else None, now
+            )
+            if address is None:
+                self.stats.pool_exhausted += 1
+                return None
+            self.stats.offers += 1
+            return self._lease_reply(message, MessageType.OFFER, address, machine, now)
+        if kind is MessageType.REQUEST:
+            return self._full_request(message, machine, leases, now)
+        if kind is MessageType.RELEASE:
+            if leases.release(mac, int.from_bytes(message.ciaddr, "big")):
+                self.stats.releases += 1
+            return None
+        if kind is MessageType.DECLINE:
+            requested = message.address_option(Option.REQUESTED_ADDRESS)
+            if requested is not None and self._for_us(message):
+                leases.decline(mac, int.from_bytes(requested, "big"), now)
+                self.stats.declines += 1
+            return None
+        if kind is MessageType.INFORM:
+            self.stats.informs += 1
+            return self._inform_reply(message, machine)
+        return None
+
+    def _full_request(
+        self, message: DhcpMessage, machine: Machine | None, leases: LeaseTable, now: float
+    ) -> Reply | None:
+        mac = message.chaddr
+        server_id = message.address_option(Option.SERVER_ID)
+        requested = message.address_option(Option.REQUESTED_ADDRESS)
+        if server_id is not None:
+            # SELECTING: the client picked an offer; if not ours, free what we offered it.
+            if server_id != self.config.server.packed:
+                leases.forget_offer(mac)
+                return None
+            if requested is None:
+                return None
+            wanted = int.from_bytes(requested, "big")
+        elif requested is not None:
+            wanted = int.from_bytes(requested, "big")  # INIT-REBOOT
+        elif message.ciaddr != bytes(4):
+            wanted = int.from_bytes(message.ciaddr, "big")  # RENEWING / REBINDING
+        else:
+            return None
+        if IPv4Address(wanted) not in self.config.network or not leases.may_bind(mac, wanted, now):
+            self.stats.naks += 1
+            return self._nak(message)
+        leases.bind(mac, wanted, self.config.lease_time, now)
+        self.stats.acks += 1
+        return self._lease_reply(message, MessageType.ACK, wanted, machine, now)
+
+    def _for_us(self, message: DhcpMessage) -> bool:
+        server_id = message.address_option(Option.SERVER_ID)
+        return server_id is None or server_id == self.config.server.packed
+
+    def _lease_reply(
+        self,
+        message: DhcpMessage,
+        kind: Literal[MessageType.OFFER, MessageType.ACK],
+        address: int,
+        machine: Machine | None,
+        now: float,
+    ) -> Reply:
+        config = self.config
+        options: list[tuple[int, bytes]] = [
+            (Option.MESSAGE_TYPE, bytes((kind,))),
+            (Option.SERVER_ID, config.server.packed),
+            (Option.LEASE_TIME, config.lease_time.to_bytes(4, "big")),
+            (Option.RENEWAL_TIME, (config.lease_time // 2).to_bytes(4, "big")),
+            (Option.REBINDING_TIME, (config.lease_time * 7 // 8).to_bytes(4, "big")),
+            (Option.SUBNET_MASK, config.network.netmask.packed),
+        ]
+        options.extend(self._network_options(machine))
+        reply = self._reply_base(message, address.to_bytes(4, "big"))
+        plan = self._plan(message, machine, now)
+        if plan is not None:
+            options.extend(self._boot_options(message, plan, reply))
+            self._record(
+                message.chaddr,
+                BootStage.DHCP_OFFER if kind is MessageType.OFFER else BootStage.DHCP_ACK,
+                now,
+                f"{IPv4Address(address)} {plan.loader.file if plan.loader else '-'}",
+                known=plan.known,
+            )
+        return Reply(
+            encode_message(reply, options, max_size=message.max_reply_size()),
+            *self._destination(message),
+        )
+
+    def _inform_reply(self, message: DhcpMessage, machine: Machine | None) -> Reply | None:
+        if message.ciaddr == bytes(4):
+            return None
+        options: list[tuple[int, bytes]] = [
+            (Option.MESSAGE_TYPE, bytes((MessageType.ACK,))),
+            (Option.SERVER_ID, self.config.server.packed),
+            (Option.SUBNET_MASK, self.config.network.netmask.packed),
+        ]
+        options.extend(self._network_options(machine))
+        reply = self._reply_base(message, bytes(4))
+        return Reply(
+            encode_message(reply, options, max_size=message.max_reply_size()),
+            *self._destination(message),
+        )
+
+    def _nak(self, message: DhcpMessage) -> Reply:
+        reply = self._reply_base(message, bytes(4))
+        options = [
+            (Option.MESSAGE_TYPE, bytes((MessageType.NAK,))),
+            (Option.SERVER_ID, self.config.server.packed),
+        ]
+        # RFC 2131 §4.3.2: a NAK is broadcast unless it goes through a relay.
+        if message.giaddr != bytes(4):
+            reply.flags |= 0x8000
+            return Reply(encode_message(reply, options), str(IPv4Address(message.giaddr)), 67)
+        return Reply(encode_message(reply, options), _BROADCAST, CLIENT_PORT)
+
+    def _network_options(self, machine: Machine | None) -> list[tuple[int, bytes]]:
+        config = self.config
+        options: list[tuple[int, bytes]] = []
+        if config.routers:
+            options.append((Option.ROUTER, b"".join(r.packed for r in config.routers)))
+        if config.dns_servers:
+            options.append((Option.DNS_SERVERS, b"".join(d.packed for d in config.dns_servers)))
+        if machine is not None:
+            options.append((Option.HOSTNAME, machine.hostname.encode("ascii")))
+        if config.domain_name:
+            options.append((Option.DOMAIN_NAME, config.domain_name.encode("ascii")))
+        return options
+
+    def _destination(self, message: DhcpMessage) -> tuple[str, int]:
+        # RFC 2131 §4.1. Unicasting to yiaddr before the client has it would need an ARP entry
+        # written into the kernel; broadcasting reaches it everywhere, as dnsmasq does without
+        # CAP_NET_ADMIN.
+        if message.giaddr != bytes(4):
+            return str(IPv4Address(message.giaddr)), SERVER_PORT
+        if message.ciaddr != bytes(4):
+            return str(IPv4Address(message.ciaddr)), CLIENT_PORT
+        return _BROADCAST, CLIENT_PORT
+
+    # -- proxy mode ----------------------------------------------------------------------------
+
+    def _proxy(
+        self,
+        message: DhcpMessage,
+        kind: MessageType,
+        source: tuple[str, int],
+        local_port: int,
+    ) -> Reply | None:
+        if not _boot_client(message):
+            return None
+        now = self.clock()
+        machine = self.machines().by_mac(message.chaddr)
+        plan = self._plan(message, machine, now)
+        if plan is None or plan.loader is None:
+            return None
+        if local_port == PXE_PORT:
+            if kind is not MessageType.REQUEST and kind is not MessageType.INFORM:
+                return None
+            reply_kind = MessageType.ACK
+            self.stats.proxy_acks += 1
+            # The client has an address by now and listens where it sent from.
+            destination = (
+                (source[0], source[1]) if source[0] != "0.0.0.0" else (_BROADCAST, CLIENT_PORT)
+            )
+        else:
+            if kind is not MessageType.DISCOVER:
+                return None  # The real DHCP server handles the REQUEST.
+            reply_kind = MessageType.OFFER
+            self.stats.proxy_offers += 1
+            destination = self._destination(message)
+        reply = self._reply_base(message, bytes(4))
+        options: list[tuple[int, bytes]] = [
+            (Option.MESSAGE_TYPE, bytes((reply_kind,))),
+            (Option.SERVER_ID, self.config.server.packed),
+        ]
+        options.extend(self._boot_options(message, plan, reply, proxy=True))
+        self._record(message.chaddr, BootStage.PROXY_OFFER, now, plan.loader.file, known=plan.known)
+        return Reply(
+            encode_message(reply, options, max_size=message.max_reply_size()), *destination
+        )
+
+    # -- shared --------------------------------------------------------------------------------
+
+    def _plan(self, message: DhcpMessage, machine: Machine | None, now: float) -> BootPlan | None:
+        if not _boot_client(message):
+            return None
+        facts = RequestFacts(
+            mac=message.chaddr,
+            arch=message.client_arch(),
+            ipxe=_is_ipxe(message),
+            vendor_class=message.text_option(Option.VENDOR_CLASS),
+        )
+        plan = decide(machine, facts, self.site)
+        if plan is not None and not plan.known:
+            self._record(message.chaddr, BootStage.DISCOVERED, now, "dhcp", known=False)
+        return plan
+
+    def _reply_base(self, message: DhcpMessage, yiaddr: bytes) -> DhcpMessage:
+        return DhcpMessage(
+            op=BOOTREPLY,
+            xid=message.xid,
+            chaddr=message.chaddr,
+            htype=message.htype,
+            flags=message.flags,
+            ciaddr=message.ciaddr,
+            yiaddr=yiaddr,
+            siaddr=self.site.server.packed,
+            giaddr=message.giaddr,
+        )
+
+    def _boot_options(
+        self, message: DhcpMessage, plan: BootPlan, reply: DhcpMessage, *, proxy: bool = False
+    ) -> list[tuple[int, bytes]]:
+        options: list[tuple[int, bytes]] = []
+        loader = plan.loader
+        ipxe = _is_ipxe(message)
+        if loader is not None:
+            name = loader.file.encode("ascii")
+            if len(name) < 128:
+                reply.file = name
+            options.append((Option.BOOTFILE, name))
+            if not loader.over_http:
+                options.append((Option.TFTP_SERVER, str(self.site.server).encode("ascii")))
+            options.append((Option.VENDOR_CLASS, loader.vendor_class.encode("ascii")))
+            # UEFI PXE stacks take a proxy offer without option 43 as "ask the boot server on
+            # 4011" (Pixiecore's finding: many firmwares only do that); BIOS ROMs use the offered
+            # file at once when discovery control says so.
+            skip_discovery = not proxy or plan.platform.firmware is Firmware.BIOS
+            if not ipxe and not loader.over_http and skip_discovery:
+                options.append((Option.VENDOR_SPECIFIC, _PXE_DISCOVERY_USE_BOOTFILE))
+        uuid = message.options.get(Option.CLIENT_UUID)
+        if uuid is not None:
+            options.append((Option.CLIENT_UUID, uuid))
+        if ipxe and not proxy:
+            options.append((Option.IPXE_ENCAPSULATED, _IPXE_NO_PXEDHCP))
+        root_path = self._root_path(plan.machine, plan.target)
+        if root_path is not None and not ipxe:
+            # For NICs and HBAs with iSCSI boot firmware. Not for iPXE: it would log in to the
+            # SAN at DHCP time, before its script sets the initiator name.
+            options.append((Option.ROOT_PATH, root_path.encode("ascii")))
+        return options
+
+    def _root_path(self, machine: Machine | None, target: BootTarget) -> str | None:
+        if machine is None or not isinstance(target, SanbootTarget):
+            return None
+        names = iscsi_names(machine, self.site.iqn_prefix, target.disk)
+        return f"iscsi:{self.site.server}::{self.site.iscsi_port}:0:{names.target}"
+
+    def _record(
+        self, mac: bytes, stage: BootStage, now: float, detail: str, *, known: bool
+    ) -> None:
+        if self.timeline is not None:
+            self.timeline.record(BootEvent(mac, stage, now, detail, known))
+
+
+def _is_ipxe(message: DhcpMessage) -> bool:
+    """iPXE identifies itself with user class ``iPXE`` (77) and its own option 175.
+
+    The user class decides when present: a script can set another class to act as a plain PXE
+    ROM (the lab's ``LegacyPXE`` trick), and then it must get the firmware program, not a script.
+    """
+    user_class = message.options.get(Option.USER_CLASS)
+    if user_class is not None:
+        return b"iPXE" in user_class
+    return Option.IPXE_ENCAPSULATED in message.options
+
+
+def _boot_client(message: DhcpMessage) -> bool:
+    vendor = message.options.get(Option.VENDOR_CLASS, b"")
+    return vendor.startswith((b"PXEClient", b"HTTPClient")) or _is_ipxe(message)
