@@ -237,10 +237,11 @@ def _option_bytes(options: Iterable[tuple[int, bytes]]) -> list[bytes]:
     """Each option as its encoded instances; values over 255 bytes split (RFC 3396)."""
     encoded = []
     for code, value in options:
-        if not value:
-            encoded.append(bytes((code, 0)))
+        length = len(value)
+        if length <= 255:
+            encoded.append(bytes((code, length)) + value)
             continue
-        chunks = [value[offset : offset + 255] for offset in range(0, len(value), 255)]
+        chunks = [value[offset : offset + 255] for offset in range(0, length, 255)]
         encoded.append(b"".join(bytes((code, len(chunk))) + chunk for chunk in chunks))
     return encoded
 

@@ -44,6 +44,8 @@ SERVER_PORT = 67
 CLIENT_PORT = 68
 PXE_PORT = 4011
 _BROADCAST = "255.255.255.255"
+_ZERO = bytes(4)
+_LEASE_ONLY = frozenset((Option.LEASE_TIME, Option.RENEWAL_TIME, Option.REBINDING_TIME))
 # PXE vendor options (option 43): tag 6, PXE_DISCOVERY_CONTROL, bit 3 = "use the boot file name
 # in this offer, skip boot-server discovery".
 _PXE_DISCOVERY_USE_BOOTFILE = bytes((6, 1, 8, 255))
@@ -103,6 +105,36 @@ class DhcpResponder:
     timeline: BootTimeline | None = None
     clock: Callable[[], float] = time.time
     stats: DhcpStats = field(default_factory=DhcpStats)
+    # Wire forms of the fixed values, computed once: ipaddress properties are slow per packet.
+    _server_id: bytes = field(init=False)
+    _siaddr: bytes = field(init=False)
+    _lease_options: list[tuple[int, bytes]] = field(init=False)
+    _network_int: int = field(init=False)
+    _netmask_int: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        config = self.config
+        self._server_id = config.server.packed
+        self._siaddr = self.site.server.packed
+        self._network_int = int(config.network.network_address)
+        self._netmask_int = int(config.network.netmask)
+        self._lease_options = [
+            (Option.LEASE_TIME, config.lease_time.to_bytes(4, "big")),
+            (Option.RENEWAL_TIME, (config.lease_time // 2).to_bytes(4, "big")),
+            (Option.REBINDING_TIME, (config.lease_time * 7 // 8).to_bytes(4, "big")),
+            (Option.SUBNET_MASK, config.network.netmask.packed),
+        ]
+        if config.routers:
+            self._lease_options.append(
+                (Option.ROUTER, b"".join(router.packed for router in config.routers))
+            )
+        if config.dns_servers:
+            self._lease_options.append(
+                (Option.DNS_SERVERS, b"".join(server.packed for server in config.dns_servers))
+            )
+
+    def _on_our_subnet(self, address: bytes) -> bool:
+        return int.from_bytes(address, "big") & self._netmask_int == self._network_int
 
     def handle(self, datagram: bytes, source: tuple[str, int], local_port: int) -> Reply | None:
         """The reply to one datagram, or ``None`` (ignored, malformed or not for us)."""
@@ -134,7 +166,7 @@ class DhcpResponder:
         leases = self.leases
         if leases is None:
             return None
-        if message.giaddr != bytes(4) and IPv4Address(message.giaddr) not in self.config.network:
+        if message.giaddr != _ZERO and not self._on_our_subnet(message.giaddr):
             return None  # A relay for a subnet we have no pool for.
         now = self.clock()
         mac = message.chaddr
@@ -174,7 +206,7 @@ class DhcpResponder:
         requested = message.address_option(Option.REQUESTED_ADDRESS)
         if server_id is not None:
             # SELECTING: the client picked an offer; if not ours, free what we offered it.
-            if server_id != self.config.server.packed:
+            if server_id != self._server_id:
                 leases.forget_offer(mac)
                 return None
             if requested is None:
@@ -186,7 +218,9 @@ class DhcpResponder:
             wanted = int.from_bytes(message.ciaddr, "big")  # RENEWING / REBINDING
         else:
             return None
-        if IPv4Address(wanted) not in self.config.network or not leases.may_bind(mac, wanted, now):
+        if not self._on_our_subnet(wanted.to_bytes(4, "big")) or not leases.may_bind(
+            mac, wanted, now
+        ):
             self.stats.naks += 1
             return self._nak(message)
         leases.bind(mac, wanted, self.config.lease_time, now)
@@ -195,7 +229,7 @@ class DhcpResponder:
 
     def _for_us(self, message: DhcpMessage) -> bool:
         server_id = message.address_option(Option.SERVER_ID)
-        return server_id is None or server_id == self.config.server.packed
+        return server_id is None or server_id == self._server_id
 
     def _lease_reply(
         self,
@@ -205,16 +239,12 @@ class DhcpResponder:
         machine: Machine | None,
         now: float,
     ) -> Reply:
-        config = self.config
         options: list[tuple[int, bytes]] = [
             (Option.MESSAGE_TYPE, bytes((kind,))),
-            (Option.SERVER_ID, config.server.packed),
-            (Option.LEASE_TIME, config.lease_time.to_bytes(4, "big")),
-            (Option.RENEWAL_TIME, (config.lease_time // 2).to_bytes(4, "big")),
-            (Option.REBINDING_TIME, (config.lease_time * 7 // 8).to_bytes(4, "big")),
-            (Option.SUBNET_MASK, config.network.netmask.packed),
+            (Option.SERVER_ID, self._server_id),
+            *self._lease_options,
         ]
-        options.extend(self._network_options(machine))
+        options.extend(self._name_options(machine))
         reply = self._reply_base(message, address.to_bytes(4, "big"))
         plan = self._plan(message, machine, now)
         if plan is not None:
@@ -223,7 +253,7 @@ class DhcpResponder:
                 message.chaddr,
                 BootStage.DHCP_OFFER if kind is MessageType.OFFER else BootStage.DHCP_ACK,
                 now,
-                f"{IPv4Address(address)} {plan.loader.file if plan.loader else '-'}",
+                f"{socket_address(address)} {plan.loader.file if plan.loader else '-'}",
                 known=plan.known,
             )
         return Reply(
@@ -236,10 +266,10 @@ class DhcpResponder:
             return None
         options: list[tuple[int, bytes]] = [
             (Option.MESSAGE_TYPE, bytes((MessageType.ACK,))),
-            (Option.SERVER_ID, self.config.server.packed),
-            (Option.SUBNET_MASK, self.config.network.netmask.packed),
+            (Option.SERVER_ID, self._server_id),
+            *(option for option in self._lease_options if option[0] not in _LEASE_ONLY),
         ]
-        options.extend(self._network_options(machine))
+        options.extend(self._name_options(machine))
         reply = self._reply_base(message, bytes(4))
         return Reply(
             encode_message(reply, options, max_size=message.max_reply_size()),
@@ -250,7 +280,7 @@ class DhcpResponder:
         reply = self._reply_base(message, bytes(4))
         options = [
             (Option.MESSAGE_TYPE, bytes((MessageType.NAK,))),
-            (Option.SERVER_ID, self.config.server.packed),
+            (Option.SERVER_ID, self._server_id),
         ]
         # RFC 2131 §4.3.2: a NAK is broadcast unless it goes through a relay.
         if message.giaddr != bytes(4):
@@ -258,27 +288,22 @@ class DhcpResponder:
             return Reply(encode_message(reply, options), str(IPv4Address(message.giaddr)), 67)
         return Reply(encode_message(reply, options), _BROADCAST, CLIENT_PORT)
 
-    def _network_options(self, machine: Machine | None) -> list[tuple[int, bytes]]:
-        config = self.config
+    def _name_options(self, machine: Machine | None) -> list[tuple[int, bytes]]:
         options: list[tuple[int, bytes]] = []
-        if config.routers:
-            options.append((Option.ROUTER, b"".join(r.packed for r in config.routers)))
-        if config.dns_servers:
-            options.append((Option.DNS_SERVERS, b"".join(d.packed for d in config.dns_servers)))
         if machine is not None:
             options.append((Option.HOSTNAME, machine.hostname.encode("ascii")))
-        if config.domain_name:
-            options.append((Option.DOMAIN_NAME, config.domain_name.encode("ascii")))
+        if self.config.domain_name:
+            options.append((Option.DOMAIN_NAME, self.config.domain_name.encode("ascii")))
         return options
 
     def _destination(self, message: DhcpMessage) -> tuple[str, int]:
         # RFC 2131 §4.1. Unicasting to yiaddr before the client has it would need an ARP entry
         # written into the kernel; broadcasting reaches it everywhere, as dnsmasq does without
         # CAP_NET_ADMIN.
-        if message.giaddr != bytes(4):
-            return str(IPv4Address(message.giaddr)), SERVER_PORT
-        if message.ciaddr != bytes(4):
-            return str(IPv4Address(message.ciaddr)), CLIENT_PORT
+        if message.giaddr != _ZERO:
+            return socket_address(message.giaddr), SERVER_PORT
+        if message.ciaddr != _ZERO:
+            return socket_address(message.ciaddr), CLIENT_PORT
         return _BROADCAST, CLIENT_PORT
 
     # -- proxy mode ----------------------------------------------------------------------------
@@ -315,7 +340,7 @@ class DhcpResponder:
         reply = self._reply_base(message, bytes(4))
         options: list[tuple[int, bytes]] = [
             (Option.MESSAGE_TYPE, bytes((reply_kind,))),
-            (Option.SERVER_ID, self.config.server.packed),
+            (Option.SERVER_ID, self._server_id),
         ]
         options.extend(self._boot_options(message, plan, reply, proxy=True))
         self._record(message.chaddr, BootStage.PROXY_OFFER, now, plan.loader.file, known=plan.known)
@@ -348,7 +373,7 @@ class DhcpResponder:
             flags=message.flags,
             ciaddr=message.ciaddr,
             yiaddr=yiaddr,
-            siaddr=self.site.server.packed,
+            siaddr=self._siaddr,
             giaddr=message.giaddr,
         )
 
@@ -395,6 +420,13 @@ class DhcpResponder:
     ) -> None:
         if self.timeline is not None:
             self.timeline.record(BootEvent(mac, stage, now, detail, known))
+
+
+def socket_address(address: bytes | int) -> str:
+    """Dotted-quad text of a 4-byte or integer address, without an ipaddress object."""
+    if isinstance(address, int):
+        address = address.to_bytes(4, "big")
+    return ".".join(map(str, address))
 
 
 def _is_ipxe(message: DhcpMessage) -> bool:
