@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 from dhcp_packets import PXE_VENDOR, client_message
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from diskless.boot import (
     BootSite,
@@ -17,7 +19,7 @@ from diskless.boot import (
     MachineBook,
     parse_mac,
 )
-from diskless.dhcp.codec import DhcpMessage, MessageType, Option, parse_message
+from diskless.dhcp.codec import DhcpMessage, MessageType, Option, encode_message, parse_message
 from diskless.dhcp.leases import LeaseTable
 from diskless.dhcp.responder import DhcpConfig, DhcpResponder, Reply
 
@@ -319,3 +321,67 @@ def test_leases_survive_a_restart(tmp_path: Path) -> None:
     assert offer.yiaddr != ack.yiaddr
     _, again = _answer(second, client_message(MessageType.DISCOVER, parse_mac("020000000001")))
     assert again.yiaddr == ack.yiaddr
+
+
+_INTERESTING_CODES = [
+    Option.MESSAGE_TYPE,
+    Option.REQUESTED_ADDRESS,
+    Option.SERVER_ID,
+    Option.VENDOR_CLASS,
+    Option.USER_CLASS,
+    Option.CLIENT_ARCH,
+    Option.CLIENT_UUID,
+    Option.IPXE_ENCAPSULATED,
+    Option.MAX_MESSAGE_SIZE,
+    Option.OVERLOAD,
+    Option.PARAMETER_LIST,
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    mode=st.sampled_from(["full", "proxy"]),
+    port=st.sampled_from([67, 4011]),
+    mac=st.sampled_from([KNOWN, STRANGER, bytes(6)]),
+    ciaddr=st.sampled_from([bytes(4), bytes((198, 18, 0, 5)), bytes((10, 1, 1, 1))]),
+    giaddr=st.sampled_from([bytes(4), bytes((198, 18, 0, 2)), bytes((192, 0, 2, 1))]),
+    options=st.lists(
+        st.tuples(
+            st.sampled_from(_INTERESTING_CODES),
+            st.one_of(
+                st.binary(max_size=40),
+                st.integers(1, 8).map(lambda kind: bytes((kind,))),
+                st.sampled_from([SERVER_ID, bytes((198, 18, 0, 101)), b"iPXE", PXE_VENDOR]),
+            ),
+        ),
+        max_size=8,
+    ),
+)
+def test_responder_never_raises_on_arbitrary_requests(
+    *,
+    mode: str,
+    port: int,
+    mac: bytes,
+    ciaddr: bytes,
+    giaddr: bytes,
+    options: list[tuple[int, bytes]],
+) -> None:
+    responder = _full() if mode == "full" else _proxy()
+    message = DhcpMessage(op=1, xid=1, chaddr=mac, ciaddr=ciaddr, giaddr=giaddr)
+    datagram = encode_message(message, options, max_size=1500)
+    reply = responder.handle(datagram, ("198.18.0.5", 68), port)
+    stats = responder.stats
+    answered = (
+        stats.offers
+        + stats.acks
+        + stats.naks
+        + stats.proxy_offers
+        + stats.proxy_acks
+        + stats.informs
+    )
+    assert stats.received == 1
+    if reply is not None:
+        parsed = parse_message(reply.data)
+        assert parsed.xid == 1
+        assert parsed.chaddr == mac
+        assert answered >= 1
