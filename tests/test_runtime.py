@@ -86,10 +86,20 @@ def test_unusable_data_dir_names_the_setting(tmp_path: Path) -> None:
         runtime.prepare_data_dir(blocker / "data")
 
 
-def test_no_services_are_built_yet(tmp_path: Path) -> None:
+def test_default_services_never_include_dhcp(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
-
-    assert runtime.build_services(settings, runtime.DataLayout.under(tmp_path)) == []
+    names = [
+        service.name
+        for service in runtime.build_services(settings, runtime.DataLayout.under(tmp_path))
+    ]
+    assert "dhcp" not in names
+    assert "iscsi" in names
+    with_dhcp = Settings(data_dir=tmp_path, dhcp={"interface": "veth-test"})
+    names = [
+        service.name
+        for service in runtime.build_services(with_dhcp, runtime.DataLayout.under(tmp_path))
+    ]
+    assert "dhcp" in names
 
 
 def test_services_run_until_stop_then_clean_up() -> None:
@@ -171,7 +181,9 @@ def test_diskless_serve_process_shuts_down_on_a_signal(
     tmp_path: Path, signum: signal.Signals
 ) -> None:
     config = tmp_path / "diskless.toml"
-    config.write_text('data_dir = "data"\n[logging]\nformat = "json"\n')
+    config.write_text(
+        'data_dir = "data"\n[iscsi]\nhost = "127.0.0.1"\nport = 0\n[logging]\nformat = "json"\n'
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISKLESS_")}
     process = subprocess.Popen(
         [sys.executable, "-m", "diskless", "serve", "--config", str(config)],
@@ -196,7 +208,7 @@ def test_diskless_serve_process_shuts_down_on_a_signal(
         process.kill()
         process.wait()
 
-    assert any("no network services are enabled yet" in line for line in seen)
+    assert any('"event": "iscsi listening"' in line for line in [*seen, rest])
     assert f'"signal": "{signum.name}"' in rest
     assert "diskless stopped" in rest
     assert (tmp_path / "data" / "images").is_dir()

@@ -27,6 +27,7 @@ __all__ = [
     "BootSettings",
     "DhcpSettings",
     "HttpSettings",
+    "IscsiSettings",
     "LoggingSettings",
     "Settings",
     "StorageSettings",
@@ -177,6 +178,16 @@ class HttpSettings(_Section):
     )
 
 
+class IscsiSettings(_Section):
+    """The iSCSI portal serving each machine's disk to its own initiator."""
+
+    enabled: bool = Field(default=True, description="Run the iSCSI target")
+    host: str = Field(default="0.0.0.0", description="Address to listen on")
+    port: int = Field(
+        default=3260, ge=0, le=65535, description="TCP port to listen on (0: any free port)"
+    )
+
+
 class LoggingSettings(_Section):
     """What the server logs and how each line looks (all logs go to stderr)."""
 
@@ -205,6 +216,7 @@ class Settings(BaseSettings):
     dhcp: DhcpSettings = DhcpSettings()
     tftp: TftpSettings = TftpSettings()
     http: HttpSettings = HttpSettings()
+    iscsi: IscsiSettings = IscsiSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @classmethod

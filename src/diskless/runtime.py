@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Self
@@ -26,7 +26,10 @@ from diskless.boot.site import site_from_settings
 from diskless.config import Settings
 from diskless.dhcp.endpoint import DhcpService
 from diskless.errors import ConfigError, DisklessError
+from diskless.exports.endpoint import IscsiService
+from diskless.exports.plan import plan_exports
 from diskless.observe.log import configure_logging, get_logger
+from diskless.storage.library import ImageLibrary
 
 __all__ = [
     "DataLayout",
@@ -43,7 +46,11 @@ _log = get_logger(__name__)
 
 
 class Service(Protocol):
-    """One long-running part of the server (iSCSI target, DHCP, TFTP, HTTP boot plane)."""
+    """One long-running part of the server (iSCSI target, DHCP, TFTP, HTTP boot plane).
+
+    A service may also have a ``ready`` :class:`asyncio.Event`, set once its sockets are bound;
+    the server announces "ready" only after every such event is set.
+    """
 
     @property
     def name(self) -> str:
@@ -106,11 +113,21 @@ class BootState:
 def build_services(settings: Settings, layout: DataLayout) -> list[Service]:
     """The network services these settings enable, in start order.
 
-    DHCP runs only when ``dhcp.interface`` names an interface; the iSCSI target and the TFTP and
-    HTTP boot services are appended here as they land, each built from its own settings section.
+    DHCP runs only when ``dhcp.interface`` names an interface. The iSCSI portal starts before DHCP,
+    so the disks are exported before any machine is told to boot from them.
     """
     state = BootState(load_machine_book(settings.boot.machines_file), BootTimeline())
     services: list[Service] = []
+    if settings.iscsi.enabled:
+        library = ImageLibrary.from_settings(settings)
+        services.append(
+            IscsiService(
+                settings=settings.iscsi,
+                disks=library.disks,
+                exports=plan_exports(state.machines, settings.boot.iqn_prefix),
+                timeline=state.timeline,
+            )
+        )
     if settings.dhcp.interface is not None:
         services.append(
             DhcpService(
@@ -124,17 +141,31 @@ def build_services(settings: Settings, layout: DataLayout) -> list[Service]:
     return services
 
 
-async def run_services(services: Sequence[Service], *, stop: asyncio.Event) -> None:
+async def run_services(
+    services: Sequence[Service],
+    *,
+    stop: asyncio.Event,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
     """Run every service until ``stop`` is set, then cancel each and wait for it to finish.
 
-    If a service raises, the others are cancelled and the error propagates in an
-    :class:`ExceptionGroup`.
+    ``on_ready`` is called once every service that has a ``ready`` event has set it (its sockets
+    are bound), or has ended. If a service raises, the others are cancelled and the error
+    propagates in an :class:`ExceptionGroup`.
     """
     async with asyncio.TaskGroup() as group:
         tasks = [
             group.create_task(_supervise(service), name=f"service:{service.name}")
             for service in services
         ]
+        for service, task in zip(services, tasks, strict=True):
+            ready: asyncio.Event | None = getattr(service, "ready", None)
+            if ready is not None and not task.done():
+                waiter = asyncio.ensure_future(ready.wait())
+                await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+        if on_ready is not None:
+            on_ready()
         await stop.wait()
         for task in tasks:
             task.cancel()
@@ -177,9 +208,13 @@ async def _serve_until_signalled(services: Sequence[Service]) -> None:
                 "no network services are enabled yet in this version: "
                 "disks are managed with `diskless disk`"
             )
-        # Logged only once the handlers are in place: whoever waits for "ready" may signal now.
-        _log.info("ready", services=[service.name for service in services])
-        await run_services(services, stop=stop)
+
+        def announce() -> None:
+            # Logged once the handlers are in place and every service listens: whoever waits
+            # for "ready" may connect or signal now.
+            _log.info("ready", services=[service.name for service in services])
+
+        await run_services(services, stop=stop, on_ready=announce)
     finally:
         for signum in _STOP_SIGNALS:
             loop.remove_signal_handler(signum)

@@ -30,5 +30,6 @@ def site_from_settings(settings: Settings, server: IPv4Address) -> BootSite:
         loaders=loaders,
         unknown_target=default_unknown_menu() if boot.unknown_clients == "menu" else None,
         iqn_prefix=boot.iqn_prefix,
+        iscsi_port=settings.iscsi.port,
         menu_timeout=boot.menu_timeout,
     )

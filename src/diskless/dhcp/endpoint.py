@@ -13,7 +13,7 @@ import fcntl
 import socket
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import cast
@@ -102,6 +102,7 @@ class DhcpService:
     state_dir: Path
     timeline: BootTimeline | None = None
     name: str = "dhcp"
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
     stats: DhcpStats | None = None
 
     async def run(self) -> None:
@@ -145,6 +146,7 @@ class DhcpService:
                     sock=_bound_socket(interface, port),
                 )
                 transports.append(protocol)
+            self.ready.set()
             _log.info(
                 "dhcp listening",
                 interface=interface,

@@ -86,8 +86,11 @@ class IscsiPortal:
         portal: PortalInfo | None = None,
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
         login_timeout: float = LOGIN_TIMEOUT,
+        on_session: Callable[[LoginResult, bool], None] | None = None,
     ) -> None:
+        """``on_session(result, started)`` hears of each normal session's start and end."""
         self._targets = targets
+        self._on_session = on_session
         self._sessions = SessionRegistry()
         self._limits = limits or TargetLimits()
         self._portal = portal or PortalInfo()
@@ -185,16 +188,29 @@ class IscsiPortal:
             transport.abort()
 
         session.close = drop_connection
+        observed = self._on_session is not None and result.target is not None
+        if observed:
+            self._notify(result, started=True)
         try:
             await self._full_feature(link, result, session, peer)
         finally:
             self._sessions.release(session)
+            if observed:
+                self._notify(result, started=False)
             _log.info(
                 "iSCSI session closed: initiator=%s target=%s tsih=%d",
                 result.initiator_name,
                 result.target_name,
                 result.tsih,
             )
+
+    def _notify(self, result: LoginResult, *, started: bool) -> None:
+        assert self._on_session is not None
+        try:
+            self._on_session(result, started)
+        except Exception:
+            # An observer's bug must not take a client's disk away.
+            _log.exception("iSCSI session observer failed")
 
     async def _login(self, link: _Link, machine: LoginMachine, peer: object) -> LoginResult | None:
         while True:

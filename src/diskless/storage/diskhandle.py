@@ -8,6 +8,7 @@ is using the disk. Closing the handle closes the device first, then drops the lo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
@@ -28,6 +29,14 @@ class DiskHandle:
         self._record = record
         self._device = device
         self._lock = lock
+        self.on_first_write: Callable[[], None] | None = None
+        """Called once, before the next write, write-zeroes or discard (then cleared): how the
+        boot timeline learns when a booted machine first writes its disk."""
+
+    def _first_write(self) -> None:
+        callback, self.on_first_write = self.on_first_write, None
+        if callback is not None:
+            callback()
 
     @property
     def record(self) -> DiskRecord:
@@ -67,14 +76,20 @@ class DiskHandle:
     def write(
         self, offset: int, data: bytes | bytearray | memoryview, *, fua: bool = False
     ) -> None:
+        if self.on_first_write is not None:
+            self._first_write()
         self._device.write(offset, data, fua=fua)
 
     def write_zeroes(
         self, offset: int, length: int, *, unmap: bool = True, fua: bool = False
     ) -> None:
+        if self.on_first_write is not None:
+            self._first_write()
         self._device.write_zeroes(offset, length, unmap=unmap, fua=fua)
 
     def discard(self, offset: int, length: int) -> None:
+        if self.on_first_write is not None:
+            self._first_write()
         self._device.discard(offset, length)
 
     def flush(self) -> None:

@@ -1,0 +1,178 @@
+"""Machine disks on the iSCSI portal: the export plan, and the service against real initiators."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+from libiscsi_support import QEMU_IO, run_tool, run_tool_ok
+
+from diskless.boot import (
+    BootEvent,
+    BootStage,
+    BootTimeline,
+    LocalDiskTarget,
+    Machine,
+    MachineBook,
+    MenuItem,
+    MenuTarget,
+    SanbootTarget,
+    parse_mac,
+)
+from diskless.config import IscsiSettings
+from diskless.exports import plan_exports
+from diskless.exports.endpoint import IscsiService
+from diskless.storage.disks import DiskMode
+from diskless.storage.library import ImageLibrary
+
+PREFIX = "iqn.2026-11.org.diskless.test"
+SEAT = Machine(mac=parse_mac("525400180010"), hostname="seat-01", ip=IPv4Address("198.18.0.170"))
+MiB = 1 << 20
+
+
+def test_plan_exports_one_target_per_sanbooted_disk() -> None:
+    book = MachineBook(
+        [
+            SEAT,
+            Machine(mac=parse_mac("525400180011"), hostname="local", boot=LocalDiskTarget()),
+            Machine(
+                mac=parse_mac("525400180012"),
+                hostname="menu",
+                chap_secret="s3cret-long-enough",
+                boot=MenuTarget(
+                    items=[
+                        MenuItem(label="win", target=SanbootTarget(disk="Win11")),
+                        MenuItem(label="local", target=LocalDiskTarget()),
+                    ]
+                ),
+                next_boot_once=SanbootTarget(disk="win11", keep_san=True),
+            ),
+        ]
+    )
+    exports = {export.hostname: export for export in plan_exports(book, PREFIX)}
+    assert set(exports) == {"seat-01", "menu"}
+    seat = exports["seat-01"]
+    assert seat.disk == "seat-01"
+    assert seat.target_name == f"{PREFIX}:disk.seat-01"
+    assert seat.access.allowed_initiators == {f"{PREFIX}:client.seat-01"}
+    assert seat.access.chap is None
+    menu = exports["menu"]
+    assert menu.disk == "win11"
+    assert menu.access.chap is not None
+    assert menu.access.chap.user == f"{PREFIX}:client.menu"
+
+
+@contextmanager
+def running(service: IscsiService) -> Iterator[tuple[asyncio.AbstractEventLoop, int]]:
+    loop = asyncio.new_event_loop()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            loop.run_until_complete(task_holder.setdefault("task", loop.create_task(service.run())))
+        except asyncio.CancelledError:
+            pass
+        except BaseException as exc:
+            failure.append(exc)
+            service.ready.set()
+
+    task_holder: dict[str, asyncio.Task[None]] = {}
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = 0
+    while not service.ready.is_set() and deadline < 200:
+        threading.Event().wait(0.05)
+        deadline += 1
+    if failure:
+        raise failure[0]
+    try:
+        yield loop, service.addresses[0][1]
+    finally:
+        loop.call_soon_threadsafe(task_holder["task"].cancel)
+        thread.join(10)
+        loop.close()
+
+
+def _library(tmp_path: Path) -> ImageLibrary:
+    library = ImageLibrary(tmp_path / "data")
+    raw = tmp_path / "golden.raw"
+    with raw.open("wb") as file:
+        file.truncate(16 * MiB)
+        file.write(b"GOLDEN" * 100)
+    digest = library.store.add(raw)
+    with library.catalog.locked():
+        library.catalog.add_version("debian", digest=digest, size=16 * MiB, source=str(raw))
+    return library
+
+
+def _qemu_io(port: int, initiator: str, command: str) -> str:
+    opts = (
+        f"driver=iscsi,transport=tcp,portal=127.0.0.1:{port},"
+        f"target={PREFIX}:disk.seat-01,lun=0,initiator-name={initiator}"
+    )
+    return run_tool_ok([QEMU_IO, "--image-opts", opts, "-c", command])
+
+
+@pytest.mark.skipif(QEMU_IO is None, reason="qemu-io (qemu-utils) not installed")
+@pytest.mark.parametrize("mode", [DiskMode.PERSISTENT, DiskMode.RESET_ON_BOOT])
+def test_service_serves_each_machine_its_disk_and_resets_on_boot(
+    tmp_path: Path, mode: DiskMode
+) -> None:
+    library = _library(tmp_path)
+    library.disks.create("seat-01", "debian", mode=mode)
+    timeline = BootTimeline()
+    service = IscsiService(
+        settings=IscsiSettings(host="127.0.0.1", port=0),
+        disks=library.disks,
+        exports=plan_exports(MachineBook([SEAT]), PREFIX),
+        timeline=timeline,
+    )
+    initiator = f"{PREFIX}:client.seat-01"
+    with running(service) as (loop, port):
+        assert "GOLDENGOLDEN" in _qemu_io(port, initiator, "read -v 0 12")
+        _qemu_io(port, initiator, "write -P 0x5a 1M 64k")
+        assert "5a 5a 5a 5a" in _qemu_io(port, initiator, "read -v 1M 16")
+        # Another initiator name is refused: a machine never reaches another's disk.
+        intruder = run_tool(
+            [
+                QEMU_IO,
+                "--image-opts",
+                f"driver=iscsi,transport=tcp,portal=127.0.0.1:{port},"
+                f"target={PREFIX}:disk.seat-01,lun=0,initiator-name={PREFIX}:client.other",
+                "-c",
+                "read 0 512",
+            ]
+        )
+        assert intruder.returncode != 0
+        # The machine boots again (its firmware asks DHCP).
+        boot = BootEvent(SEAT.mac, BootStage.DHCP_OFFER, 0.0, "198.18.0.170 undionly.kpxe")
+        loop.call_soon_threadsafe(timeline.record, boot)
+        threading.Event().wait(0.5)
+        after = _qemu_io(port, initiator, "read -v 1M 16")
+        if mode is DiskMode.RESET_ON_BOOT:
+            assert "00 00 00 00" in after
+        else:
+            assert "5a 5a 5a 5a" in after
+        assert "GOLDENGOLDEN" in _qemu_io(port, initiator, "read -v 0 12")
+    stages = [event.stage for event in timeline.events(SEAT.mac)]
+    assert stages.count(BootStage.ISCSI_FIRST_WRITE) == 1
+    assert BootStage.ISCSI_LOGIN in stages
+    assert BootStage.ISCSI_LOGOUT in stages
+    # Closed on shutdown: the disk can be opened (locked) again.
+    library.disks.open("seat-01").close()
+
+
+def test_a_missing_disk_does_not_stop_the_others(tmp_path: Path) -> None:
+    library = _library(tmp_path)
+    service = IscsiService(
+        settings=IscsiSettings(host="127.0.0.1", port=0),
+        disks=library.disks,
+        exports=plan_exports(MachineBook([SEAT]), PREFIX),
+    )
+    with running(service) as (_, port):
+        assert port > 0
