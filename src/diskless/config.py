@@ -177,6 +177,11 @@ class HttpSettings(_Section):
             "(default: <data_dir>/http)"
         ),
     )
+    access_log: bool = Field(
+        default=False,
+        description="Log every HTTP request (off by default: it costs throughput); errors are "
+        "always logged",
+    )
 
 
 class LoggingSettings(_Section):
