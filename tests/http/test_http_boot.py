@@ -315,6 +315,19 @@ def test_only_configured_ipxe_programs_are_served(served: tuple[Served, Book]) -
     assert other.status == 404
 
 
+def test_a_configured_program_missing_on_disk_is_a_404(
+    http_root: Path, ipxe_dir: Path, timeline: BootTimeline
+) -> None:
+    service = make_service(
+        http_root, ipxe_dir, Book(SEAT), timeline, boot={"uefi_arm64_file": "arm64/ipxe.efi"}
+    )
+    with serving(service) as where:
+        fetched = curl(f"{where.base}/ipxe/arm64/ipxe.efi")
+
+    assert fetched.status == 404
+    assert fetched.body == b"iPXE program missing from boot.ipxe_dir\n"
+
+
 # --------------------------------------------------------------------------------------------
 # Files: ranges, HEAD and the jail
 

@@ -114,7 +114,11 @@ class BootPlane:
         if name not in self.ipxe_programs:
             return _plain(404, "not a configured iPXE program")
         # Configured by the operator, so symbolic links are followed (Debian's ipxe.efi is one).
-        return web.FileResponse(self.ipxe_dir / name)
+        path = self.ipxe_dir / name
+        if not path.is_file():
+            _log.warning("configured iPXE program is missing", path=str(path))
+            return _plain(404, "iPXE program missing from boot.ipxe_dir")
+        return web.FileResponse(path)
 
     async def boot_file(self, request: web.Request) -> web.StreamResponse:
         try:
