@@ -1,8 +1,8 @@
 """Project-wide test configuration.
 
 In CI (``CI`` set) the interop tests must run, not skip: a missing external tool (qemu-img,
-libiscsi's initiators, tgt) fails the session at once instead of silently skipping the tests that
-prove we interoperate. ``scripts/test`` installs all of them.
+libiscsi's initiators, tgt, curl) fails the session at once instead of silently skipping the
+tests that prove we interoperate. ``scripts/test`` installs all of them.
 """
 
 from __future__ import annotations
@@ -12,7 +12,16 @@ import shutil
 
 import pytest
 
-REQUIRED_TOOLS = ("qemu-img", "qemu-io", "iscsi-test-cu", "iscsi-inq", "iscsi-ls", "tgtd", "tgtadm")
+REQUIRED_TOOLS = (
+    "qemu-img",
+    "qemu-io",
+    "iscsi-test-cu",
+    "iscsi-inq",
+    "iscsi-ls",
+    "tgtd",
+    "tgtadm",
+    "curl",
+)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -182,7 +182,9 @@ def test_diskless_serve_process_shuts_down_on_a_signal(
 ) -> None:
     config = tmp_path / "diskless.toml"
     config.write_text(
-        'data_dir = "data"\n[iscsi]\nhost = "127.0.0.1"\nport = 0\n[logging]\nformat = "json"\n'
+        'data_dir = "data"\n[iscsi]\nhost = "127.0.0.1"\nport = 0\n'
+        '[http]\nhost = "127.0.0.1"\nport = 0\n[tftp]\nenabled = false\n'
+        '[logging]\nformat = "json"\n'
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISKLESS_")}
     process = subprocess.Popen(

@@ -168,13 +168,20 @@ class HttpSettings(_Section):
 
     enabled: bool = Field(default=True, description="Run the HTTP boot plane")
     host: str = Field(default="0.0.0.0", description="Address to listen on")
-    port: int = Field(default=8080, ge=1, le=65535, description="TCP port to listen on")
+    port: int = Field(
+        default=8080, ge=0, le=65535, description="TCP port to listen on (0: any free port)"
+    )
     root: Path | None = Field(
         default=None,
         description=(
             "Static boot assets (kernels, initrds, WinPE files), jailed to this directory "
             "(default: <data_dir>/http)"
         ),
+    )
+    access_log: bool = Field(
+        default=False,
+        description="Log every HTTP request (off by default: it costs throughput); errors are "
+        "always logged",
     )
 
 

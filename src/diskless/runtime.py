@@ -16,18 +16,21 @@ import functools
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Protocol, Self
 
 from diskless import __version__
 from diskless.boot.events import BootTimeline
 from diskless.boot.machines import MachineBook, load_machine_book
+from diskless.boot.policy import BootSite
 from diskless.boot.site import site_from_settings
 from diskless.config import Settings
 from diskless.dhcp.endpoint import DhcpService
 from diskless.errors import ConfigError, DisklessError
 from diskless.exports.endpoint import IscsiService
 from diskless.exports.plan import plan_exports
+from diskless.http.service import HttpBootService
 from diskless.observe.log import configure_logging, get_logger
 from diskless.storage.library import ImageLibrary
 
@@ -128,17 +131,32 @@ def build_services(settings: Settings, layout: DataLayout) -> list[Service]:
                 timeline=state.timeline,
             )
         )
+    if settings.http.enabled:
+        services.append(
+            HttpBootService(
+                settings.http,
+                settings.boot,
+                root=settings.http.root or layout.root / "http",
+                machines=state.machine_book,
+                timeline=state.timeline,
+                site=functools.lru_cache(maxsize=64)(functools.partial(_site, settings)),
+            )
+        )
     if settings.dhcp.interface is not None:
         services.append(
             DhcpService(
                 settings=settings.dhcp,
-                site=functools.partial(site_from_settings, settings),
+                site=lambda server: _site(settings, server, settings.http.port),
                 machines=state.machine_book,
                 state_dir=layout.state,
                 timeline=state.timeline,
             )
         )
     return services
+
+
+def _site(settings: Settings, server: IPv4Address, http_port: int) -> BootSite:
+    return site_from_settings(settings.boot, server, http_port, settings.iscsi.port)
 
 
 async def run_services(

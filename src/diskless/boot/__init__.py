@@ -6,6 +6,8 @@
 * ``policy``: :func:`decide` (pure) → :class:`BootPlan`, shared by DHCP, TFTP and HTTP, and
   :func:`iscsi_names`, the target and initiator names derived from a machine.
 * ``events``: :class:`BootEvent` and the in-memory :class:`BootTimeline` every service reports to.
+* ``script``: :func:`render_script` (pure), a :class:`BootPlan` as the iPXE script that runs it.
+* ``site``: :func:`site_from_settings`, the :class:`BootSite` the settings describe.
 """
 
 from diskless.boot.arch import Firmware, Platform, classify_arch
@@ -37,6 +39,14 @@ from diskless.boot.policy import (
     iscsi_names,
     script_path,
 )
+from diskless.boot.script import (
+    ScriptError,
+    check_target,
+    render_chain_script,
+    render_error_script,
+    render_script,
+)
+from diskless.boot.site import boot_loaders, site_from_settings
 
 __all__ = [
     "BootEvent",
@@ -59,7 +69,10 @@ __all__ = [
     "Platform",
     "RequestFacts",
     "SanbootTarget",
+    "ScriptError",
     "WimbootTarget",
+    "boot_loaders",
+    "check_target",
     "classify_arch",
     "decide",
     "default_unknown_menu",
@@ -67,5 +80,9 @@ __all__ = [
     "iscsi_names",
     "load_machine_book",
     "parse_mac",
+    "render_chain_script",
+    "render_error_script",
+    "render_script",
     "script_path",
+    "site_from_settings",
 ]

@@ -140,6 +140,10 @@ def _toml_lines(model: BaseModel, values: dict[str, Any]) -> list[str]:
         description = fields[name].description
         if description:
             lines.append(f"# {description}\n")
+        if value is None:
+            # TOML has no null: an unset optional key is shown commented out.
+            lines.append(f"# {name} = (not set)\n")
+            continue
         lines.append(f"{name} = {_toml_value(value)}\n")
     return lines
 
