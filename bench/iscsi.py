@@ -59,6 +59,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -408,9 +409,13 @@ class Endpoint:
     pid: int
     port: int
     lun: int
+    workers: int = 1
 
     def url(self, target: str) -> str:
-        return f"iscsi://127.0.0.1:{self.port}/{IQN}:{target}/{self.lun}"
+        from diskless.boot.policy import iscsi_shard
+
+        port = self.port + iscsi_shard(f"{IQN}:{target}", self.workers)
+        return f"iscsi://127.0.0.1:{port}/{IQN}:{target}/{self.lun}"
 
 
 @contextlib.contextmanager
@@ -439,8 +444,8 @@ def ours_export(scratch: Path, log: Path) -> Iterator[Endpoint]:
 
 
 @contextlib.contextmanager
-def ours_storm(overlays: Path, count: int, log: Path) -> Iterator[Endpoint]:
-    port = free_port()
+def ours_storm(overlays: Path, count: int, log: Path, workers: int) -> Iterator[Endpoint]:
+    port = free_port_run(workers)
     with open(log, "ab") as out:
         process = subprocess.Popen(
             [
@@ -452,16 +457,37 @@ def ours_storm(overlays: Path, count: int, log: Path) -> Iterator[Endpoint]:
                 str(port),
                 "--count",
                 str(count),
+                "--iscsi-workers",
+                str(workers),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
     try:
-        wait_for_port(port, process)
-        yield Endpoint("ours", process.pid, port, 0)
+        for shard in range(workers):
+            wait_for_port(port + shard, process)
+        yield Endpoint("ours", process.pid, port, 0, workers)
     finally:
         stop_process(process)
+
+
+def free_port_run(count: int) -> int:
+    """A port such that ``count`` consecutive ports from it are free."""
+    for _ in range(100):
+        first = free_port()
+        if all(_port_free(first + offset) for offset in range(1, count)):
+            return first
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _tgt_control() -> str:
@@ -560,26 +586,61 @@ def tgt(scratch: Path, golden: Path, storms: int, log: Path) -> Iterator[tuple[E
         stop_process(process)
 
 
-def serve_storm(overlays: Path, port: int, count: int) -> None:
-    """``--serve-storm``: one portal, ``count`` targets ``IQN:stormN``, each its own overlay."""
+def serve_storm(overlays: Path, port: int, count: int, workers: int = 1) -> None:
+    """``--serve-storm``: ``count`` targets ``IQN:stormN`` (each its own overlay) and ``rawN``.
+
+    With ``workers > 1`` the targets are split over that many processes exactly as
+    ``diskless serve`` splits machine disks (``iscsi.workers``): worker k on ``port + k``.
+    """
+    if workers <= 1:
+        serve_storm_shard(overlays, port, count, 0, 1)
+        return
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    shards = [
+        context.Process(target=serve_storm_shard, args=(overlays, port + k, count, k, workers))
+        for k in range(workers)
+    ]
+    for shard in shards:
+        shard.start()
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.is_set() and all(shard.is_alive() for shard in shards):
+        stop.wait(0.2)
+    for shard in shards:
+        if shard.pid is not None and shard.is_alive():
+            os.kill(shard.pid, signal.SIGTERM)
+    for shard in shards:
+        shard.join(15)
+
+
+def serve_storm_shard(overlays: Path, port: int, count: int, index: int, workers: int) -> None:
+    from diskless.boot.policy import iscsi_shard
     from diskless.iscsi.discovery import TargetAccess
     from diskless.iscsi.endpoint import IscsiPortal
     from diskless.iscsi.target import TargetRegistry, disk_target
     from diskless.storage.images import open_image
 
-    devices = [open_image(overlays / f"storm{i}.qcow2") for i in range(1, count + 1)]
+    def mine(name: str) -> bool:
+        return iscsi_shard(f"{IQN}:{name}", workers) == index
+
+    storm = [i for i in range(1, count + 1) if mine(f"storm{i}")]
+    devices = [open_image(overlays / f"storm{i}.qcow2") for i in storm]
     targets = [
         disk_target(device, TargetAccess(name=f"{IQN}:storm{i}"), identity_seed=f"storm{i}")
-        for i, device in enumerate(devices, 1)
+        for i, device in zip(storm, devices, strict=True)
     ]
     # The control targets rawN: the golden file itself, read-only, one open per target as tgt.
     golden = overlays.parent / "golden.raw"
-    raws = [open_image(golden, read_only=True, fmt="raw") for _ in range(count)]
+    raw = [i for i in range(1, count + 1) if mine(f"raw{i}")]
+    raws = [open_image(golden, read_only=True, fmt="raw") for _ in raw]
     targets += [
         disk_target(
             device, TargetAccess(name=f"{IQN}:raw{i}"), identity_seed=f"raw{i}", read_only=True
         )
-        for i, device in enumerate(raws, 1)
+        for i, device in zip(raw, raws, strict=True)
     ]
     devices += raws
     registry = TargetRegistry(targets)
@@ -891,7 +952,12 @@ class Bench:
             ours = {
                 "scratch": stack.enter_context(ours_export(scratch, logs / "ours-export.log")),
                 "storm": stack.enter_context(
-                    ours_storm(self.work / "overlays", top, logs / "ours-storm.log")
+                    ours_storm(
+                        self.work / "overlays",
+                        top,
+                        logs / "ours-storm.log",
+                        args.iscsi_workers,
+                    )
                 ),
             }
             tgt_endpoint, _ = stack.enter_context(tgt(scratch, golden, top, logs / "tgtd.log"))
@@ -1112,33 +1178,43 @@ def write_docs(text: str) -> Path:
     return docs
 
 
+def _workers_text(workers: int) -> str:
+    if workers <= 1:
+        return "one `IscsiPortal` in one process"
+    return (
+        f"{workers} worker processes, each an `IscsiPortal` on its own port serving the targets "
+        "`iscsi_shard` gives it, exactly as `diskless serve` with `iscsi.workers = "
+        f"{workers}`"
+    )
+
+
 def render_docs(bench: Bench, command: str, notes: str, elapsed: float) -> str:
     args = bench.args
     return f"""## iSCSI target
 
 Measured {notes}. Command: `{command}` ({elapsed / 60:.0f} min).
 
-Our target (`diskless export` for the single-session rows; one `IscsiPortal` with one target per
-overlay, started by `bench/iscsi.py --serve-storm`, for the storm rows) against Debian's tgtd
-(`tgtd -f`, default settings), both on 127.0.0.1 and serving the same files from a tmpfs: a
-{args.size_mib} MiB scratch raw file (our LUN 0, tgt's LUN 1) and, for the storm, a
+Our target (`diskless export` for the single-session rows; one target per overlay, started by
+`bench/iscsi.py --serve-storm`, for the storm rows: {_workers_text(args.iscsi_workers)}) against
+Debian's tgtd (`tgtd -f`, default settings), both on 127.0.0.1 and serving the same files from a
+tmpfs: a {args.size_mib} MiB scratch raw file (our LUN 0, tgt's LUN 1) and, for the storm, a
 {args.size_mib} MiB golden raw file that each of our storm targets reads through its own empty
 qcow2 overlay (128 KiB clusters, extended L2: the product's default), while each tgt storm target
 exports the golden file itself (`readonly=1`; tgt has no copy-on-write, which favours tgt). The
-clients are C: libiscsi's `iscsi-perf` ({args.runtime:g} s per run; its "MB" is MiB, so MB/s here is
-IOPS x request size / 10^6) and `qemu-img bench` for writes ({bench.write_count} x 1 MiB pattern
-writes, no flush). Storm rows: N `iscsi-perf -b 128 -m 4` processes at once, each with its own
-initiator name and target, reading sequentially 64 KiB at a time with 4 in flight (iPXE's loader
-reads 63.5 KiB blocks one at a time; the OS phase keeps ~4 in flight: research/boot-storm.md
-§1.1, §5.2), all from LBA 0 so they share the golden image's hot set; the aggregate is the sum of
-the N averages. The "without overlays" control row serves the storm from `rawN` targets that
-export the golden file itself read-only, as tgt does, so its gap to the row above it is what the
-overlays cost. Cells: median (min-max) of {args.runs} runs, interleaved ours/tgt (the order
-alternates each run) after one unrecorded warm-up pass. The ratio divides the medians; the range
-in parentheses is over the per-run ratios. Server CPU: utime+stime of the server's process tree
-over the measured interval (logins included) as % of one core, and per command. Clients and
-servers share the machine's 2 vCPUs, so every figure is for the pair; "other" CPU is the machine's
-busy time minus the servers', the clients' and the script's own.
+clients are C: libiscsi's `iscsi-perf` ({args.runtime:g} s per run; its "MB" is MiB, so MB/s here
+is IOPS x request size / 10^6) and `qemu-img bench` for writes ({bench.write_count} x 1 MiB
+pattern writes, no flush). Storm rows: N `iscsi-perf -b 128 -m 4` processes at once, each with its
+own initiator name and target, reading sequentially 64 KiB at a time with 4 in flight (iPXE's
+loader reads 63.5 KiB blocks one at a time; the OS phase keeps ~4 in flight:
+research/boot-storm.md §1.1, §5.2), all from LBA 0 so they share the golden image's hot set; the
+aggregate is the sum of the N averages. The "without overlays" control row serves the storm from
+`rawN` targets that export the golden file itself read-only, as tgt does, so its gap to the row
+above it is what the overlays cost. Cells: median (min-max) of {args.runs} runs, interleaved
+ours/tgt (the order alternates each run) after one unrecorded warm-up pass. The ratio divides the
+medians; the range in parentheses is over the per-run ratios. Server CPU: utime+stime of the
+server's process tree over the measured interval (logins included) as % of one core, and per
+command. Clients and servers share the machine's 2 vCPUs, so every figure is for the pair; "other"
+CPU is the machine's busy time minus the servers', the clients' and the script's own.
 
 {bench.load_note()}.
 
@@ -1187,13 +1263,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--serve-storm", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--iscsi-workers",
+        type=int,
+        default=1,
+        help="worker processes of our storm target (as iscsi.workers in diskless serve)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     if args.serve_storm is not None:
-        serve_storm(args.serve_storm, args.port, args.count)
+        serve_storm(args.serve_storm, args.port, args.count, args.iscsi_workers)
         return
     missing = [
         n

@@ -12,7 +12,14 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
@@ -193,6 +200,23 @@ class IscsiSettings(_Section):
     port: int = Field(
         default=3260, ge=0, le=65535, description="TCP port to listen on (0: any free port)"
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "Worker processes serving the disks, one core each; worker k listens on port + k "
+            "and each machine's disk always lives on the same worker"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _fixed_port_for_workers(self) -> IscsiSettings:
+        if self.workers > 1 and self.port == 0:
+            raise ValueError("workers > 1 needs a fixed port (worker k listens on port + k)")
+        if self.port + self.workers - 1 > 65535:
+            raise ValueError("port + workers - 1 must be at most 65535")
+        return self
 
 
 class LoggingSettings(_Section):

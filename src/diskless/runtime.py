@@ -125,7 +125,7 @@ def build_services(settings: Settings, layout: DataLayout) -> list[Service]:
         library = ImageLibrary.from_settings(settings)
         services.append(
             IscsiService(
-                settings=settings.iscsi,
+                settings=settings,
                 disks=library.disks,
                 exports=plan_exports(state.machines, settings.boot.iqn_prefix),
                 timeline=state.timeline,
@@ -156,7 +156,9 @@ def build_services(settings: Settings, layout: DataLayout) -> list[Service]:
 
 
 def _site(settings: Settings, server: IPv4Address, http_port: int) -> BootSite:
-    return site_from_settings(settings.boot, server, http_port, settings.iscsi.port)
+    return site_from_settings(
+        settings.boot, server, http_port, settings.iscsi.port, settings.iscsi.workers
+    )
 
 
 async def run_services(

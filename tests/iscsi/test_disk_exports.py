@@ -14,6 +14,7 @@ from libiscsi_support import QEMU_IO, run_tool, run_tool_ok
 
 from diskless.boot import (
     BootEvent,
+    BootSite,
     BootStage,
     BootTimeline,
     LocalDiskTarget,
@@ -24,7 +25,7 @@ from diskless.boot import (
     SanbootTarget,
     parse_mac,
 )
-from diskless.config import IscsiSettings
+from diskless.config import Settings
 from diskless.exports import plan_exports
 from diskless.exports.endpoint import IscsiService
 from diskless.storage.disks import DiskMode
@@ -127,7 +128,7 @@ def test_service_serves_each_machine_its_disk_and_resets_on_boot(
     library.disks.create("seat-01", "debian", mode=mode)
     timeline = BootTimeline()
     service = IscsiService(
-        settings=IscsiSettings(host="127.0.0.1", port=0),
+        settings=Settings(data_dir=tmp_path / "data", iscsi={"host": "127.0.0.1", "port": 0}),
         disks=library.disks,
         exports=plan_exports(MachineBook([SEAT]), PREFIX),
         timeline=timeline,
@@ -170,9 +171,69 @@ def test_service_serves_each_machine_its_disk_and_resets_on_boot(
 def test_a_missing_disk_does_not_stop_the_others(tmp_path: Path) -> None:
     library = _library(tmp_path)
     service = IscsiService(
-        settings=IscsiSettings(host="127.0.0.1", port=0),
+        settings=Settings(data_dir=tmp_path / "data", iscsi={"host": "127.0.0.1", "port": 0}),
         disks=library.disks,
         exports=plan_exports(MachineBook([SEAT]), PREFIX),
     )
     with running(service) as (_, port):
         assert port > 0
+
+
+def _free_port_pair() -> int:
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return int(port)
+    raise RuntimeError("no two adjacent free ports")
+
+
+@pytest.mark.skipif(QEMU_IO is None, reason="qemu-io (qemu-utils) not installed")
+def test_worker_processes_serve_each_disk_on_its_shard_port(tmp_path: Path) -> None:
+    library = _library(tmp_path)
+    machines = [
+        Machine(mac=parse_mac(f"5254001800{n:02x}"), hostname=f"seat-{n:02d}") for n in range(8)
+    ]
+    for machine in machines:
+        library.disks.create(machine.hostname, "debian", mode=DiskMode.RESET_ON_BOOT)
+    base = _free_port_pair()
+    settings = Settings(
+        data_dir=tmp_path / "data", iscsi={"host": "127.0.0.1", "port": base, "workers": 2}
+    )
+    timeline = BootTimeline()
+    exports = plan_exports(MachineBook(machines), PREFIX)
+    service = IscsiService(
+        settings=settings, disks=library.disks, exports=exports, timeline=timeline
+    )
+    site = BootSite(server=IPv4Address("127.0.0.1"), iscsi_port=base, iscsi_workers=2)
+    ports = {site.portal_port(export.target_name) for export in exports}
+    assert ports == {base, base + 1}  # eight disks land on both workers
+    with running(service) as (loop, _):
+        assert sorted(port for _, port in service.addresses) == [base, base + 1]
+        for machine in machines:
+            export = next(e for e in exports if e.mac == machine.mac)
+            opts = (
+                f"driver=iscsi,transport=tcp,portal=127.0.0.1:{site.portal_port(export.target_name)},"
+                f"target={export.target_name},lun=0,"
+                f"initiator-name={PREFIX}:client.{machine.hostname}"
+            )
+            run_tool_ok([QEMU_IO, "--image-opts", opts, "-c", "write -P 0x33 0 4k"])
+            assert "33 33" in run_tool_ok([QEMU_IO, "--image-opts", opts, "-c", "read -v 0 4"])
+            # A boot seen by the main process resets the disk in its worker.
+            event = BootEvent(machine.mac, BootStage.PROXY_OFFER, 0.0, "ipxe.efi")
+            loop.call_soon_threadsafe(timeline.record, event)
+            threading.Event().wait(0.5)
+            assert "47 4f 4c 44" in run_tool_ok(
+                [QEMU_IO, "--image-opts", opts, "-c", "read -v 0 4"]
+            )
+        threading.Event().wait(0.3)
+    stages = [event.stage for machine in machines for event in timeline.events(machine.mac)]
+    assert stages.count(BootStage.ISCSI_FIRST_WRITE) == len(machines)
+    assert stages.count(BootStage.ISCSI_LOGIN) == 3 * len(machines)
+    library.disks.open("seat-00").close()  # the workers closed their disks on shutdown

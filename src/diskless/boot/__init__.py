@@ -37,6 +37,7 @@ from diskless.boot.policy import (
     decide,
     default_unknown_menu,
     iscsi_names,
+    iscsi_shard,
     script_path,
 )
 from diskless.boot.script import (
@@ -78,6 +79,7 @@ __all__ = [
     "default_unknown_menu",
     "format_mac",
     "iscsi_names",
+    "iscsi_shard",
     "load_machine_book",
     "parse_mac",
     "render_chain_script",

@@ -14,6 +14,7 @@ A boot goes through two stages, and the plan covers both:
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
@@ -37,6 +38,7 @@ __all__ = [
     "decide",
     "default_unknown_menu",
     "iscsi_names",
+    "iscsi_shard",
     "script_path",
 ]
 
@@ -91,7 +93,12 @@ class BootSite:
     """What unknown machines boot; ``None`` ignores them."""
     iqn_prefix: str = "iqn.2026-11.org.diskless"
     iscsi_port: int = 3260
+    iscsi_workers: int = 1
     menu_timeout: int = 10
+
+    def portal_port(self, target_name: str) -> int:
+        """The port of the iSCSI worker that serves ``target_name`` (see :func:`iscsi_shard`)."""
+        return self.iscsi_port + iscsi_shard(target_name, self.iscsi_workers)
 
     @property
     def http_base(self) -> str:
@@ -129,6 +136,19 @@ class BootPlan:
     @property
     def known(self) -> bool:
         return self.machine is not None
+
+
+def iscsi_shard(target_name: str, workers: int) -> int:
+    """Which of ``workers`` iSCSI worker processes serves ``target_name`` (stable, 0-based).
+
+    Worker ``k`` listens on ``iscsi.port + k``. The script hands iPXE that port and iPXE hands it
+    to the booted OS in the iBFT, so both stages of one machine meet in one process, where its
+    disk is open once; no connection is ever passed between processes.
+    """
+    if workers <= 1:
+        return 0
+    digest = hashlib.sha256(target_name.casefold().encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big") % workers
 
 
 @dataclass(frozen=True, slots=True)

@@ -321,7 +321,7 @@ def _sanboot(
         initiator=ipxe_word(names.initiator, "initiator_name"),
         password=password,
         root_path=ipxe_word(
-            f"iscsi:{site.server}::{site.iscsi_port}:0:{target_name}", f"{field}.disk"
+            f"iscsi:{site.server}::{site.portal_port(target_name)}:0:{target_name}", f"{field}.disk"
         ),
         keep_san=target.keep_san,
     )

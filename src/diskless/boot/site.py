@@ -25,7 +25,11 @@ def boot_loaders(boot: BootSettings) -> dict[Firmware, str]:
 
 
 def site_from_settings(
-    boot: BootSettings, server: IPv4Address, http_port: int, iscsi_port: int = ISCSI_PORT
+    boot: BootSettings,
+    server: IPv4Address,
+    http_port: int,
+    iscsi_port: int = ISCSI_PORT,
+    iscsi_workers: int = 1,
 ) -> BootSite:
     """The site clients see when they reach our HTTP boot plane at ``server:http_port``.
 
@@ -38,5 +42,6 @@ def site_from_settings(
         unknown_target=default_unknown_menu() if boot.unknown_clients == "menu" else None,
         iqn_prefix=boot.iqn_prefix,
         iscsi_port=iscsi_port,
+        iscsi_workers=iscsi_workers,
         menu_timeout=boot.menu_timeout,
     )

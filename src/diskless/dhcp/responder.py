@@ -413,7 +413,8 @@ class DhcpResponder:
         if machine is None or not isinstance(target, SanbootTarget):
             return None
         names = iscsi_names(machine, self.site.iqn_prefix, target.disk)
-        return f"iscsi:{self.site.server}::{self.site.iscsi_port}:0:{names.target}"
+        port = self.site.portal_port(names.target)
+        return f"iscsi:{self.site.server}::{port}:0:{names.target}"
 
     def _record(
         self, mac: bytes, stage: BootStage, now: float, detail: str, *, known: bool

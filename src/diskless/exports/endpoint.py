@@ -1,34 +1,53 @@
-"""The iSCSI service of ``diskless serve``: each machine's disk on one portal.
+"""The iSCSI service of ``diskless serve``: each machine's disk on a portal, on one or more cores.
 
-At start every planned export's disk is opened through the :class:`DiskManager` (taking its lock,
-so ``qemu-img`` or a second server cannot write it) and becomes a target with LUN 0. A machine that
-starts to boot (a PXE or iPXE DHCP request, seen in the boot timeline) begins a new boot of its
-disk: a reset-on-boot disk is thrown away and recreated before iPXE logs in, and the sessions of
-the previous boot, dead with the machine's reboot, are dropped. Logins, logouts and each boot's
-first write go to the timeline. On shutdown every disk is flushed and closed.
+A *shard* is one portal with the disks it serves. At start it opens every export's disk through
+the :class:`DiskManager` (taking its lock, so ``qemu-img`` or a second server cannot write it) and
+makes it a target with LUN 0. A machine that starts to boot (a PXE or iPXE DHCP request, seen in the
+boot timeline) begins a new boot of its disk: a reset-on-boot disk is thrown away and recreated
+before iPXE logs in, and the sessions of the previous boot, dead with the machine's reboot, are
+dropped. Logins, logouts and each boot's first write go to the timeline. On shutdown every disk is
+flushed and closed.
+
+With ``iscsi.workers = N > 1`` the shards run in N worker processes (``spawn``ed, one core each):
+worker k listens on ``iscsi.port + k`` and serves the disks :func:`iscsi_shard` assigns to it,
+which is also the port the machine's iPXE script names, so both boot stages of a machine reach the
+one process that has its disk open. The main process keeps the timeline: it tells a worker when
+one of its machines boots, and workers send their events back over a pipe.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import multiprocessing
+import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 
 from diskless.boot.events import BootEvent, BootStage, BootTimeline
-from diskless.config import IscsiSettings
+from diskless.boot.policy import iscsi_shard
+from diskless.config import Settings
 from diskless.errors import ConfigError, DisklessError
 from diskless.exports.plan import DiskExport
 from diskless.iscsi.endpoint import IscsiPortal
 from diskless.iscsi.login import LoginResult
 from diskless.iscsi.target import Target, TargetRegistry, disk_target
-from diskless.observe.log import get_logger
+from diskless.observe.log import configure_logging, get_logger
 from diskless.storage.diskhandle import DiskHandle
 from diskless.storage.disks import DiskManager, DiskMode
+from diskless.storage.library import ImageLibrary
 
 __all__ = ["IscsiService"]
 
 _log = get_logger(__name__)
 _BOOT_STAGES = frozenset({BootStage.DHCP_OFFER, BootStage.PROXY_OFFER})
+_WORKER_START_TIMEOUT = 60.0
+_WORKER_STOP_TIMEOUT = 15.0
+
+Addresses = list[tuple[str, int]]
 
 
 @dataclass(slots=True)
@@ -38,41 +57,42 @@ class _Served:
     target: Target
 
 
-@dataclass(slots=True)
-class IscsiService:
-    """The iSCSI portal serving the planned exports (``name = "iscsi"``)."""
+class _Shard:
+    """One portal and the disks it serves; everything runs on the caller's event loop."""
 
-    settings: IscsiSettings
-    disks: DiskManager
-    exports: list[DiskExport]
-    timeline: BootTimeline | None = None
-    name: str = "iscsi"
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    _served: dict[bytes, list[_Served]] = field(default_factory=dict)
-    _registry: TargetRegistry = field(default_factory=TargetRegistry)
-    _portal: IscsiPortal | None = None
-    _by_target: dict[str, DiskExport] = field(default_factory=dict)
-    addresses: list[tuple[str, int]] = field(default_factory=list)
-    """Where the portal listens, once ``ready`` is set."""
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        disks: DiskManager,
+        exports: list[DiskExport],
+        record: Callable[[BootEvent], None],
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._disks = disks
+        self._exports = exports
+        self._record_event = record
+        self._served: dict[bytes, list[_Served]] = {}
+        self._registry = TargetRegistry()
+        self._by_target: dict[str, DiskExport] = {}
+        self._portal: IscsiPortal | None = None
 
-    async def run(self) -> None:
+    async def run(self, on_ready: Callable[[Addresses], None]) -> None:
         try:
-            for export in self.exports:
+            for export in self._exports:
                 self._open(export, boot=True)
             self._portal = IscsiPortal(self._registry, on_session=self._session_event)
             try:
-                self.addresses = await self._portal.start(self.settings.host, self.settings.port)
+                addresses = await self._portal.start(self._host, self._port)
             except OSError as exc:
                 raise ConfigError(
-                    f"iscsi: cannot listen on {self.settings.host}:{self.settings.port}: "
-                    f"{exc.strerror}"
+                    f"iscsi: cannot listen on {self._host}:{self._port}: {exc.strerror}"
                 ) from exc
-            if self.timeline is not None:
-                self.timeline.subscribe(self._boot_event)
-            self.ready.set()
+            on_ready(addresses)
             _log.info(
                 "iscsi listening",
-                listen=[f"{host}:{port}" for host, port in self.addresses],
+                listen=[f"{host}:{port}" for host, port in addresses],
                 targets=sorted(target.name for target in self._registry),
             )
             await self._portal.serve_forever()
@@ -82,11 +102,37 @@ class IscsiService:
             for served in [s for group in self._served.values() for s in group]:
                 self._close(served)
 
-    # -- disks ----------------------------------------------------------------------------------
+    def serves(self, mac: bytes) -> bool:
+        return mac in self._served
+
+    def new_boot(self, mac: bytes) -> None:
+        """The machine is starting over: its old sessions are dead, its boot begins now."""
+        group = self._served.pop(mac, None)
+        if group is None or self._portal is None:
+            if group is not None:
+                self._served[mac] = group
+            return
+        names = {served.export.target_name.casefold() for served in group}
+        for session in self._portal.sessions.sessions():
+            if session.target_name is not None and session.target_name.casefold() in names:
+                self._portal.sessions.release(session)
+                session.close()
+        kept: list[_Served] = []
+        for served in group:
+            if served.handle.record.mode is DiskMode.RESET_ON_BOOT:
+                # Reopened at once, within this callback, so no login can find the target
+                # missing; connections of the dropped sessions end with the old handle.
+                self._close(served)
+                self._open(served.export, boot=True)
+            else:
+                self._arm_first_write(served)
+                kept.append(served)
+        if kept:
+            self._served.setdefault(mac, []).extend(kept)
 
     def _open(self, export: DiskExport, *, boot: bool) -> None:
         try:
-            handle = self.disks.open(export.disk, boot=boot)
+            handle = self._disks.open(export.disk, boot=boot)
         except DisklessError as exc:
             # One machine's missing or busy disk must not stop every other machine booting.
             _log.error(
@@ -122,34 +168,6 @@ class IscsiService:
 
         served.handle.on_first_write = first_write
 
-    # -- boots ----------------------------------------------------------------------------------
-
-    def _boot_event(self, event: BootEvent) -> None:
-        if event.stage in _BOOT_STAGES and event.mac in self._served:
-            self._new_boot(event.mac)
-
-    def _new_boot(self, mac: bytes) -> None:
-        """The machine is starting over: its old sessions are dead, its boot begins now."""
-        assert self._portal is not None
-        group = self._served.pop(mac)
-        names = {served.export.target_name.casefold() for served in group}
-        for session in self._portal.sessions.sessions():
-            if session.target_name is not None and session.target_name.casefold() in names:
-                self._portal.sessions.release(session)
-                session.close()
-        kept: list[_Served] = []
-        for served in group:
-            if served.handle.record.mode is DiskMode.RESET_ON_BOOT:
-                # Reopened at once, within this callback, so no login can find the target
-                # missing; connections of the dropped sessions end with the old handle.
-                self._close(served)
-                self._open(served.export, boot=True)
-            else:
-                self._arm_first_write(served)
-                kept.append(served)
-        if kept:
-            self._served.setdefault(mac, []).extend(kept)
-
     def _session_event(self, result: LoginResult, started: bool) -> None:
         if result.target is None:
             return
@@ -160,6 +178,183 @@ class IscsiService:
         self._record(export.mac, stage, f"{result.initiator_name} -> {export.target_name}")
 
     def _record(self, mac: bytes, stage: BootStage, detail: str) -> None:
-        if self.timeline is not None:
-            self.timeline.record(BootEvent(mac, stage, time.time(), detail))
+        self._record_event(BootEvent(mac, stage, time.time(), detail))
         _log.info(stage.value, detail=detail)
+
+
+@dataclass(slots=True)
+class IscsiService:
+    """The machines' disks on the iSCSI portal(s) (``name = "iscsi"``)."""
+
+    settings: Settings
+    disks: DiskManager
+    exports: list[DiskExport]
+    timeline: BootTimeline | None = None
+    name: str = "iscsi"
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    addresses: Addresses = field(default_factory=list)
+    """Where the portals listen, once ``ready`` is set."""
+
+    async def run(self) -> None:
+        if self.settings.iscsi.workers > 1:
+            await self._run_workers()
+            return
+        shard = _Shard(
+            self.settings.iscsi.host,
+            self.settings.iscsi.port,
+            self.disks,
+            self.exports,
+            record=self._record,
+        )
+        if self.timeline is not None:
+            self.timeline.subscribe(
+                lambda event: shard.new_boot(event.mac) if event.stage in _BOOT_STAGES else None
+            )
+        await shard.run(self._on_ready)
+
+    def _on_ready(self, addresses: Addresses) -> None:
+        self.addresses = addresses
+        self.ready.set()
+
+    def _record(self, event: BootEvent) -> None:
+        if self.timeline is not None:
+            self.timeline.record(event)
+
+    # -- worker processes ----------------------------------------------------------------------
+
+    async def _run_workers(self) -> None:
+        count = self.settings.iscsi.workers
+        groups: list[list[DiskExport]] = [[] for _ in range(count)]
+        for export in self.exports:
+            groups[iscsi_shard(export.target_name, count)].append(export)
+        context = multiprocessing.get_context("spawn")
+        loop = asyncio.get_running_loop()
+        workers: list[tuple[BaseProcess, Connection]] = []
+        started: list[asyncio.Future[Addresses]] = []
+        owners: dict[bytes, list[int]] = {}
+        try:
+            for index, group in enumerate(groups):
+                parent_end, child_end = context.Pipe()
+                process = context.Process(
+                    target=_worker_main,
+                    args=(self.settings, index, group, child_end),
+                    name=f"diskless-iscsi-{index}",
+                    daemon=True,
+                )
+                process.start()
+                child_end.close()
+                workers.append((process, parent_end))
+                future: asyncio.Future[Addresses] = loop.create_future()
+                started.append(future)
+                loop.add_reader(parent_end.fileno(), self._from_worker, index, parent_end, future)
+                for export in group:
+                    owners.setdefault(export.mac, []).append(index)
+            done, pending = await asyncio.wait(started, timeout=_WORKER_START_TIMEOUT)
+            if pending:
+                raise DisklessError("iscsi: a worker process did not start in time")
+            self._on_ready([address for future in done for address in future.result()])
+
+            def forward(event: BootEvent) -> None:
+                if event.stage in _BOOT_STAGES:
+                    for index in owners.get(event.mac, ()):
+                        workers[index][1].send(("boot", event.mac))
+
+            if self.timeline is not None:
+                self.timeline.subscribe(forward)
+            _log.info("iscsi workers running", workers=count, listen=self.addresses)
+            # Serve until cancelled, or until a worker dies (its machines would lose their disks).
+            await asyncio.gather(
+                *(loop.run_in_executor(None, process.join) for process, _ in workers)
+            )
+            raise DisklessError("iscsi: a worker process exited")
+        finally:
+            await self._stop_workers(workers)
+
+    def _from_worker(
+        self, index: int, connection: Connection, started: asyncio.Future[Addresses]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            message = connection.recv()
+        except (EOFError, OSError):
+            loop.remove_reader(connection.fileno())
+            if not started.done():
+                started.set_exception(DisklessError(f"iscsi: worker {index} exited at start"))
+            return
+        kind = message[0]
+        if kind == "ready" and not started.done():
+            started.set_result(message[1])
+        elif kind == "failed" and not started.done():
+            started.set_exception(ConfigError(message[1]))
+        elif kind == "event":
+            self._record(message[1])
+
+    async def _stop_workers(self, workers: list[tuple[BaseProcess, Connection]]) -> None:
+        loop = asyncio.get_running_loop()
+        for _process, connection in workers:
+            with contextlib.suppress(OSError, ValueError):
+                loop.remove_reader(connection.fileno())
+            with contextlib.suppress(OSError, ValueError):
+                connection.send(("stop",))
+        deadline = time.monotonic() + _WORKER_STOP_TIMEOUT
+        for process, connection in workers:
+            # Each worker flushes and closes its disks before it exits.
+            while process.is_alive() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if process.is_alive():
+                _log.error("iscsi worker did not stop; killing it", pid=process.pid)
+                process.kill()
+                process.join(5)
+            connection.close()
+
+
+def _worker_main(
+    settings: Settings, index: int, exports: list[DiskExport], connection: Connection
+) -> None:
+    """A worker process: one shard on ``iscsi.port + index``, steered over ``connection``."""
+    # The main process decides when to stop (after a signal to the whole process group too).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    configure_logging(settings.logging)
+    try:
+        asyncio.run(_worker(settings, index, exports, connection))
+    except DisklessError as exc:
+        with contextlib.suppress(OSError):
+            connection.send(("failed", str(exc)))
+        raise SystemExit(1) from exc
+
+
+async def _worker(
+    settings: Settings, index: int, exports: list[DiskExport], connection: Connection
+) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    shard = _Shard(
+        settings.iscsi.host,
+        settings.iscsi.port + index,
+        ImageLibrary.from_settings(settings).disks,
+        exports,
+        record=lambda event: connection.send(("event", event)),
+    )
+
+    def from_main() -> None:
+        try:
+            message = connection.recv()
+        except (EOFError, OSError):
+            stop.set()  # The main process is gone: stop serving.
+            return
+        if message[0] == "boot":
+            shard.new_boot(message[1])
+        elif message[0] == "stop":
+            stop.set()
+
+    loop.add_reader(connection.fileno(), from_main)
+    serving = asyncio.create_task(
+        shard.run(lambda addresses: connection.send(("ready", addresses)))
+    )
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    serving.cancel()
+    stopping.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await serving
