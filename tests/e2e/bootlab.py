@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from netlab import NetLab, require_netns
 
 SERVER_IP = "198.18.0.1"
@@ -67,7 +68,9 @@ def require_e2e(*tools: str) -> None:
     if not any(Path("/boot").glob("vmlinuz-*")):
         missing.append("/boot/vmlinuz-* (linux-image-amd64)")
     if missing:
-        problem = f"end-to-end boot tests need {', '.join(missing)} (scripts/setup.sh installs them)"
+        problem = (
+            f"end-to-end boot tests need {', '.join(missing)} (scripts/setup.sh installs them)"
+        )
         if os.environ.get("CI"):
             pytest.fail(problem)
         pytest.skip(problem)

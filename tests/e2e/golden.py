@@ -124,10 +124,13 @@ echo LAB-FAIL: grub could not boot /boot/vmlinuz from {ROOT_LABEL}
 sleep 2
 halt
 """
-GRUB_MODULES = "part_msdos ext2 fat search search_label linux serial terminal echo normal sleep halt"
+GRUB_MODULES = (
+    "part_msdos ext2 fat search search_label linux serial terminal echo normal sleep halt"
+)
 
 INIT_SCRIPT = r"""#!/bin/sh
 # diskless e2e guest: log in again from the iBFT, read and write /marker, power off.
+export PATH=/sbin:/usr/sbin:/bin:/usr/bin
 /bin/busybox mkdir -p /proc /sys /dev /run /tmp /mnt /var/lib/iscsi
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
@@ -163,7 +166,7 @@ mark init-start
 while read -r module; do
     case "$module" in
         "") ;;
-        "?"*) insmod "${module#?}" 2>/dev/null || echo "LAB-NOTE: optional ${module#?} not loaded" ;;
+        "?"*) insmod "${module#?}" 2>/dev/null || echo "LAB-NOTE: optional ${module#?} absent" ;;
         *) insmod "$module" || fail "insmod $module" ;;
     esac
 done </etc/modules.order
@@ -282,12 +285,16 @@ def default_kernel_version() -> str:
         if Path("/lib/modules", path.name.removeprefix("vmlinuz-")).is_dir()
     ]
     if not versions:
-        raise GoldenError("no /boot/vmlinuz-KVER with /lib/modules/KVER (install linux-image-amd64)")
+        raise GoldenError(
+            "no /boot/vmlinuz-KVER with /lib/modules/KVER (install linux-image-amd64)"
+        )
     return max(versions, key=_version_key)
 
 
 def _version_key(version: str) -> list[tuple[int, str]]:
-    return [(int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"[.-]", version)]
+    return [
+        (int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"[.-]", version)
+    ]
 
 
 def cache_dir() -> Path:
@@ -581,10 +588,21 @@ def _copy_module(path: Path, tree: Path) -> str:
 # -- reading the disk from the host ---------------------------------------------------------------
 
 
-def read_root_file(disk: Path, path: str) -> str:
+def read_root_file_bytes(disk: Path, path: str) -> bytes:
     """A file from ``labroot`` inside a raw disk image (debugfs, no mount, read-only)."""
     _need("debugfs")
-    return _run(["debugfs", "-R", f"cat {path}", f"{disk}?offset={P1_OFFSET}"])
+    result = subprocess.run(
+        ["debugfs", "-R", f"cat {path}", f"{disk}?offset={P1_OFFSET}"],
+        capture_output=True,
+        check=False,
+    )
+    if result.returncode != 0 or b"File not found" in result.stderr:
+        raise GoldenError(f"cannot read {path} from {disk}: {result.stderr.decode().strip()}")
+    return result.stdout
+
+
+def read_root_file(disk: Path, path: str) -> str:
+    return read_root_file_bytes(disk, path).decode()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

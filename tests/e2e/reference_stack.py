@@ -34,6 +34,7 @@ from typing import Self
 
 import pytest
 from bootlab import SERVER_INTERFACE, BootLab
+
 from netlab import wait_for_text
 
 HTTP_PORT = 8080
@@ -51,7 +52,9 @@ def initiator_iqn(mac: str) -> str:
     return f"{IQN_PREFIX}:client-{mac.lower().replace(':', '-')}"
 
 
-def ipxe_script(server: str, target: str = TARGET_IQN, lun: int = LUN, port: int = ISCSI_PORT) -> str:
+def ipxe_script(
+    server: str, target: str = TARGET_IQN, lun: int = LUN, port: int = ISCSI_PORT
+) -> str:
     """The iPXE script served at /boot.ipxe; its echo lines are timing marks in the serial log."""
     port_field = "" if port == ISCSI_PORT else str(port)
     uri = f"iscsi:{server}::{port_field}:{lun}:{target}"

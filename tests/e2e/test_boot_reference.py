@@ -61,3 +61,35 @@ def test_bios_ipxe_boots_twice_and_the_second_boot_reads_the_first(tmp_path: Pat
         assert timings.wrote < 120, f"boot took {timings.wrote:.1f} s: {timings.format()}"
     # The cached golden image is never handed to a target.
     assert read_root_file(golden, "/marker").startswith("boot-count=0 writer=build")
+
+
+@pytest.mark.parametrize(
+    ("firmware", "platform", "tftp_file"),
+    [
+        pytest.param(Firmware.LEGACY_PXE, "pcbios", "undionly.kpxe", id="legacy-pxe"),
+        pytest.param(Firmware.UEFI, "efi", "ipxe.efi", id="uefi-pxe"),
+        pytest.param(Firmware.UEFI_IPXE, "efi", None, id="uefi-ipxe-rom"),
+    ],
+)
+def test_other_firmware_paths_boot_the_same_disk(
+    tmp_path: Path, firmware: Firmware, platform: str, tftp_file: str | None
+) -> None:
+    """Legacy PXE (arch 0 → TFTP undionly.kpxe), OVMF PXE (arch 7 → TFTP ipxe.efi → GRUB) and
+    OVMF with iPXE's EFI ROM (straight to HTTP) all end in the same guest writing its marker."""
+    require_e2e("tgtd", "tgtadm", "busybox")
+    with boot_lab(tmp_path) as lab, ReferenceStack(lab, golden_image()) as stack:
+        result = boot(lab.lan, lab.tap, tmp_path / "boot", VmConfig(firmware))
+        _report(str(firmware), result)
+        _assert_marker(result, 1)
+        script = next(line.text for line in result.lines if "LAB-IPXE-SCRIPT" in line.text)
+        assert f"platform={platform}" in script, result.describe()
+        loader = "LAB-GRUB-EFI" if platform == "efi" else "LAB-EXTLINUX"
+        assert any(loader in line.text for line in result.lines), result.describe()
+        log = (stack.workdir / "dnsmasq.log").read_text()
+        sent = [
+            line for line in log.splitlines() if line.startswith("dnsmasq-tftp") and "sent" in line
+        ]
+        if tftp_file is None:
+            assert sent == [], log
+        else:
+            assert any(f"/{tftp_file} to 198.18.0." in line for line in sent), log
