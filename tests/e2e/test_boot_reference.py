@@ -36,6 +36,7 @@ def _assert_marker(result: BootResult, count: int) -> None:
     assert low <= int(words["ip"].rsplit(".", 1)[1]) <= high
 
 
+@pytest.mark.timeout(900)  # two boots, each bounded by 300 s + 35 s
 def test_bios_ipxe_boots_twice_and_the_second_boot_reads_the_first(tmp_path: Path) -> None:
     require_e2e("tgtd", "tgtadm", "busybox")
     golden = golden_image()

@@ -133,7 +133,7 @@ def test_timings_follow_the_boot_phases() -> None:
 
 @pytest.fixture
 def fake_firmware(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(vm.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr("vm.shutil.which", lambda name: f"/usr/bin/{name}")
     for name in ("IPXE_LKRN", "OVMF"):
         path = tmp_path / name
         path.write_bytes(b"")
@@ -179,7 +179,7 @@ def test_uefi_command_lines(fake_firmware: Path) -> None:
 
 
 def test_a_missing_qemu_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vm.shutil, "which", lambda name: None)
+    monkeypatch.setattr("vm.shutil.which", lambda name: None)
     with pytest.raises(vm.VmError, match="qemu-system-x86"):
         vm.qemu_argv(VmConfig(), "tap0", Path("/f"), tmp_path)
 

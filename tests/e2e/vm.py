@@ -186,11 +186,11 @@ class SerialCapture:
 class BootTimings:
     """Phase marks in seconds since QEMU started (None: not seen), from the serial log.
 
-    ``dhcp_start``/``dhcp_done`` are the first byte and the ``ok`` of iPXE's first
-    ``Configuring (net…)`` line and the end of its last one before the script (the legacy chain
-    DHCPs twice); ``script`` is the script's first echo; ``kernel`` is the kernel's first output
-    (its real-mode ``Probing EDD`` or the EFI stub) and ``kernel_console`` the end of its
-    ``Linux version`` line, when its console came up (after decompression).
+    ``dhcp_start`` is the first byte of iPXE's first ``Configuring (net…)`` line, ``dhcp_done``
+    the end (the ``ok``) of its last one before the script (the legacy chain DHCPs twice, with
+    the TFTP transfer between); ``script`` is the script's first echo; ``kernel`` is the
+    kernel's first output (its real-mode ``Probing EDD`` or the EFI stub) and ``kernel_console``
+    the end of its ``Linux version`` line, when its console came up (after decompression).
     ``guest`` holds the guest's own ``LAB-T`` uptimes.
     """
 
