@@ -53,6 +53,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -316,7 +317,20 @@ def golden_image(kernel_version: str | None = None, cache: Path | None = None) -
                 partial.rename(image)
             finally:
                 partial.unlink(missing_ok=True)
+            _prune(cache, keep=image)
+        os.utime(image)  # mtime = last use, for pruning
     return image
+
+
+STALE_AFTER = 7 * 24 * 3600.0
+
+
+def _prune(cache: Path, keep: Path) -> None:
+    """Drop images of other inputs unused for a week (other checkouts may still use newer ones)."""
+    now = time.time()
+    for old in cache.glob("golden-*.raw"):
+        if old != keep and now - old.stat().st_mtime > STALE_AFTER:
+            old.unlink(missing_ok=True)
 
 
 def _run(argv: Sequence[str | os.PathLike[str]], **env: str) -> str:

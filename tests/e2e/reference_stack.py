@@ -82,8 +82,12 @@ def _free_tgt_control_port() -> int:
 class ReferenceStack:
     """dnsmasq, busybox httpd and tgtd in the lab's server namespace; stopped on exit."""
 
-    def __init__(self, lab: BootLab, golden: Path, *, name: str = "reference") -> None:
+    def __init__(
+        self, lab: BootLab, golden: Path, *, name: str = "reference", script_lun: int = LUN
+    ) -> None:
+        """``script_lun`` other than 1 makes the script ask for the wrong LUN (negative tests)."""
         self.lab = lab
+        self.script_lun = script_lun
         self.workdir = lab.workdir / name
         self.disk = self.workdir / "disk1.raw"
         self.script_url = f"http://{lab.server_ip}:{HTTP_PORT}/boot.ipxe"
@@ -185,7 +189,7 @@ class ReferenceStack:
     def _start_httpd(self) -> None:
         docroot = self.workdir / "http"
         docroot.mkdir(exist_ok=True)
-        (docroot / "boot.ipxe").write_text(ipxe_script(self.lab.server_ip))
+        (docroot / "boot.ipxe").write_text(ipxe_script(self.lab.server_ip, lun=self.script_lun))
         address = f"{self.lab.server_ip}:{HTTP_PORT}"
         self._others.append(
             self.lab.net.start(

@@ -14,7 +14,7 @@ import pytest
 from bootlab import boot_lab, require_e2e
 from golden import golden_image, read_root_file
 from reference_stack import DHCP_POOL, ReferenceStack, initiator_iqn
-from vm import DEFAULT_MAC, BootResult, Firmware, VmConfig, boot
+from vm import DEFAULT_MAC, BootResult, Firmware, Verdict, VmConfig, boot
 
 pytestmark = pytest.mark.e2e
 
@@ -94,3 +94,17 @@ def test_other_firmware_paths_boot_the_same_disk(
             assert sent == [], log
         else:
             assert any(f"/{tftp_file} to 198.18.0." in line for line in sent), log
+
+
+def test_a_script_asking_for_the_wrong_lun_is_a_fast_failure(tmp_path: Path) -> None:
+    """tgt's LUN 0 is its controller: sanboot cannot read it, and the verdict says so at once."""
+    require_e2e("tgtd", "tgtadm", "busybox")
+    with boot_lab(tmp_path) as lab, ReferenceStack(lab, golden_image(), script_lun=0) as stack:
+        result = boot(lab.lan, lab.tap, tmp_path / "boot", VmConfig(Firmware.BIOS))
+        _report("wrong LUN", result)
+        assert result.verdict is Verdict.IPXE_FAIL, result.describe()
+        assert not result.ok
+        assert result.wrote is None
+        assert result.timings.script is not None
+        assert result.ended - result.started < 30, result.describe()
+        assert read_root_file(stack.disk, "/marker").startswith("boot-count=0 writer=build")

@@ -47,7 +47,11 @@ LEGACY_PXE_SCRIPT = (
     "chain tftp://${next-server}/${filename}"
 )
 
-POWER_OFF_GRACE = 30.0  # after a verdict, the guest gets this long to power off by itself
+# After LAB-WROTE or LAB-FAIL the guest powers off by itself; it gets this long to do so.
+POWER_OFF_GRACE = 30.0
+# Other verdicts (iPXE failed, no bootable device, panic) leave firmware or kernel running: keep
+# a few seconds of trailing output, then stop QEMU.
+TRAILING_OUTPUT = 3.0
 
 
 class Firmware(enum.StrEnum):
@@ -405,8 +409,9 @@ def boot(netns: str, tap: str, workdir: Path, config: VmConfig | None = None) ->
             if capture.decided.wait(timeout=0.2):
                 break
         if capture.verdict is not None:
+            powers_off = capture.verdict[0] in (Verdict.WROTE, Verdict.FAIL)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=POWER_OFF_GRACE)
+                process.wait(timeout=POWER_OFF_GRACE if powers_off else TRAILING_OUTPUT)
         if process.poll() is not None:
             exited = time.time()
             time.sleep(0.3)  # let the reader take the last bytes QEMU wrote
