@@ -18,7 +18,15 @@ APT_PACKAGES="qemu-utils ipxe"
 #   curl, atftp, tftp-hpa, tftpd-hpa: TFTP clients and the reference TFTP server.
 #   nginx-light, wrk: the reference HTTP server and load generator for benchmarks.
 #   iproute2: `ip netns` for the namespace labs.
-APT_TEST_PACKAGES="libiscsi-bin qemu-block-extra tgt udhcpc isc-dhcp-client dnsmasq-base kea-admin curl atftp tftp-hpa tftpd-hpa nginx-light wrk iproute2"
+#   End-to-end boots (tests/e2e): qemu-system-x86 (the client; also qemu-storage-daemon),
+#     ipxe-qemu (virtio-net's iPXE ROM), ovmf (UEFI firmware); and, to build the golden disk from
+#     the host's own packages: linux-image-amd64 (kernel and modules), kmod (modprobe
+#     --show-depends), busybox-static and open-iscsi (iscsistart) for the initramfs, cpio,
+#     extlinux + syslinux-common (mbr.bin) for BIOS, grub-efi-amd64-bin + grub-common
+#     (grub-mkstandalone) for UEFI, fdisk (sfdisk), e2fsprogs, dosfstools and mtools.
+#     dnsmasq-base (above) also answers the lab's IPv6 router solicitations.
+# One line: setup_machine reads this list with `read -r -a`, which stops at the first newline.
+APT_TEST_PACKAGES="libiscsi-bin qemu-block-extra tgt udhcpc isc-dhcp-client dnsmasq-base kea-admin curl atftp tftp-hpa tftpd-hpa nginx-light wrk iproute2 qemu-system-x86 ipxe-qemu ovmf open-iscsi linux-image-amd64 busybox-static extlinux syslinux-common grub-efi-amd64-bin grub-common mtools dosfstools fdisk cpio e2fsprogs kmod"
 
 # Python comes from the machine (Debian 12 ships 3.11); uv must never download one.
 export UV_PYTHON_DOWNLOADS=never

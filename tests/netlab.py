@@ -99,6 +99,45 @@ class NetLab:
         self._ip("-n", self.lan, "link", "set", port, "master", "br0", "up")
         return namespace
 
+    def tap(self, name: str = "tap0") -> str:
+        """A persistent tap device on the bridge, in the lan namespace, for a VM; its name.
+
+        Run QEMU in :attr:`lan` with ``-netdev tap,ifname=NAME,script=no,downscript=no``; the
+        bridge has no STP and no forward delay, so the port forwards as soon as QEMU opens it.
+        """
+        self._ip("-n", self.lan, "tuntap", "add", "dev", name, "mode", "tap")
+        self._ip("-n", self.lan, "link", "set", name, "master", "br0", "up")
+        return name
+
+    def router_advertisements(self, log: Path) -> subprocess.Popen[bytes]:
+        """An RA-only dnsmasq on the bridge (IPv6 on br0 alone); stopped on close.
+
+        iPXE waits for IPv6 autoconfiguration before it fetches its boot file: about 16 s per boot
+        on a LAN without router advertisements. These carry a ULA prefix for SLAAC and router
+        lifetime 0 (no default route); no DNS, no DHCPv4, no DHCPv6. The hosts keep IPv6 off.
+        """
+        self.run(self.lan, ["sysctl", "-qw", "net.ipv6.conf.br0.disable_ipv6=0"])
+        self._ip("-n", self.lan, "addr", "add", "fd00:198:18::2/64", "dev", "br0", "nodad")
+        return self.start(
+            self.lan,
+            [
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--port=0",
+                "--interface=br0",
+                "--bind-dynamic",
+                "--enable-ra",
+                "--dhcp-range=::,constructor:br0,ra-only,10m",
+                "--ra-param=br0,10,0",
+                "--pid-file=",
+                f"--dhcp-leasefile={log.with_suffix('.leases')}",
+                "--log-facility=-",
+                "--user=root",
+            ],
+            log=log,
+        )
+
     def command(self, namespace: str, argv: Sequence[str | os.PathLike[str]]) -> list[str]:
         return ["nsenter", f"--net=/run/netns/{namespace}", "--", *map(str, argv)]
 
