@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Protocol, Self
 
 from diskless import __version__
-from diskless.boot.events import BootTimeline
+from diskless.boot.events import BootEvent, BootTimeline
 from diskless.boot.machines import MachineBook, load_machine_book
 from diskless.boot.policy import BootSite
 from diskless.boot.site import site_from_settings
@@ -120,6 +120,7 @@ def build_services(settings: Settings, layout: DataLayout) -> list[Service]:
     so the disks are exported before any machine is told to boot from them.
     """
     state = BootState(load_machine_book(settings.boot.machines_file), BootTimeline())
+    state.timeline.subscribe(_log_boot_event)
     services: list[Service] = []
     if settings.iscsi.enabled:
         library = ImageLibrary.from_settings(settings)
@@ -153,6 +154,12 @@ def build_services(settings: Settings, layout: DataLayout) -> list[Service]:
             )
         )
     return services
+
+
+def _log_boot_event(event: BootEvent) -> None:
+    # One line per boot step: the live boot status an operator follows with `journalctl -f`
+    # (and what the end-to-end tests read) until the API streams it.
+    _log.info("boot event", **event.to_json())
 
 
 def _site(settings: Settings, server: IPv4Address, http_port: int) -> BootSite:

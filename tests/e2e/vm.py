@@ -224,7 +224,8 @@ class BootTimings:
                     return (line.end if end else line.start) - started
             return None
 
-        script = first("LAB-IPXE-SCRIPT")
+        # The reference script's echo marks, or the first line of a diskless script.
+        script = first("LAB-IPXE-SCRIPT", "diskless: ")
         dhcp_done = None
         for line in lines:
             if script is not None and line.start - started >= script:
@@ -243,7 +244,7 @@ class BootTimings:
             dhcp_start=first("Configuring (net", "DHCP (net"),
             dhcp_done=dhcp_done,
             script=script,
-            sanboot=first("LAB-IPXE-SANBOOT"),
+            sanboot=first("LAB-IPXE-SANBOOT", "boots its iSCSI disk"),
             loader=first("LAB-EXTLINUX", "LAB-GRUB-EFI"),
             kernel=first("Probing EDD", "EFI stub:", "Linux version"),
             kernel_console=first("Linux version", end=True),
