@@ -230,6 +230,8 @@ def test_ipxe_gets_its_script_url_and_no_pxedhcp(facts: dict[str, object]) -> No
     ack = _dora(_full(), KNOWN, **facts)
     assert ack.options[Option.BOOTFILE] == b"http://198.18.0.1:8080/boot/52:54:00:18:00:10.ipxe"
     assert ack.options[Option.IPXE_ENCAPSULATED] == bytes((176, 1, 1))
+    # iPXE takes only a "PXEClient" offer as a ProxyDHCP offer, even for an http:// file.
+    assert ack.options[Option.VENDOR_CLASS] == b"PXEClient"
     assert Option.ROOT_PATH not in ack.options
     assert Option.VENDOR_SPECIFIC not in ack.options
 

@@ -113,11 +113,6 @@ class Loader:
     file: str
     over_http: bool
 
-    @property
-    def vendor_class(self) -> str:
-        """Option 60 in the reply: UEFI HTTP boot requires ``HTTPClient`` back."""
-        return "HTTPClient" if self.over_http else "PXEClient"
-
 
 @dataclass(frozen=True, slots=True)
 class BootPlan:

@@ -390,7 +390,12 @@ class DhcpResponder:
             options.append((Option.BOOTFILE, name))
             if not loader.over_http:
                 options.append((Option.TFTP_SERVER, str(self.site.server).encode("ascii")))
-            options.append((Option.VENDOR_CLASS, loader.vendor_class.encode("ascii")))
+            # Option 60 names the answer's kind in the client's own terms: UEFI HTTP boot needs
+            # "HTTPClient" back, and iPXE only takes an offer with "PXEClient" as a ProxyDHCP
+            # offer (then asks on 4011), even when what it is handed is an http:// URL.
+            asked = message.options.get(Option.VENDOR_CLASS, b"")
+            family = b"HTTPClient" if asked.startswith(b"HTTPClient") else b"PXEClient"
+            options.append((Option.VENDOR_CLASS, family))
             # UEFI PXE stacks take a proxy offer without option 43 as "ask the boot server on
             # 4011" (Pixiecore's finding: many firmwares only do that); BIOS ROMs use the offered
             # file at once when discovery control says so.
