@@ -160,6 +160,43 @@ class TftpSettings(_Section):
             "(default: <data_dir>/tftp)"
         ),
     )
+    max_block_size: int = Field(
+        default=65464,
+        ge=8,
+        le=65464,
+        description=(
+            "Largest blksize granted (RFC 2348, 8-65464); lower it to the path MTU minus 32 "
+            "(1468 on Ethernet) if a network drops IP fragments"
+        ),
+    )
+    max_window_size: int = Field(
+        default=64,
+        ge=1,
+        le=1024,
+        description=(
+            "Largest windowsize granted (RFC 7440); a transfer's window is also kept within 1 MiB"
+        ),
+    )
+    timeout: float = Field(
+        default=1.0,
+        gt=0,
+        le=255,
+        description=(
+            "Seconds before an unacknowledged window is first resent, when the client asks for "
+            "no timeout (RFC 2349); the wait doubles on each retry, up to 8 times this"
+        ),
+    )
+    retries: int = Field(
+        default=5,
+        ge=0,
+        le=100,
+        description="Retransmissions of one window before a silent client's transfer is dropped",
+    )
+    max_transfers: int = Field(
+        default=512,
+        ge=1,
+        description="Transfers served at once; further requests are refused until one ends",
+    )
 
 
 class HttpSettings(_Section):

@@ -1,0 +1,424 @@
+"""The asyncio shell of the TFTP server: the listening socket and one UDP socket per transfer.
+
+Requests arrive on the listening port (69). Each accepted read gets its own socket bound to an
+ephemeral port, its transfer ID (RFC 1350 §4), on the local address the request was sent to
+(``IP_PKTINFO``), so replies leave from the address the client talks to even on a multi-homed
+server. Packets to a transfer's port from any other address are answered with ERROR 5 and never
+reach the transfer.
+
+The sockets are driven with ``loop.add_reader`` and non-blocking ``recvfrom_into``/``sendto``
+rather than datagram transports: each ACK is read into the transfer's preallocated 1 KiB buffer
+(a transport allocates a fresh 256 KiB one per datagram), and a whole window goes out in one
+callback, one ``sendto`` per slot of the transfer's buffer. Timers are lazy: a transfer keeps one
+``call_at`` handle that, when it fires early because ACKs moved the deadline on, is re-armed at
+the new deadline, so the hot path never creates or cancels timer handles.
+
+Nothing a client sends can stop the service: bad datagrams are counted and dropped, and a
+transfer whose socket fails is ended on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from diskless.boot.events import BootEvent, BootStage, BootTimeline
+from diskless.config import BootSettings, TftpSettings
+from diskless.observe.log import get_logger
+
+from .codec import (
+    MAX_REQUEST_LENGTH,
+    ErrorCode,
+    MalformedPacket,
+    Opcode,
+    Request,
+    encode_error,
+    parse_packet,
+)
+from .files import ClientAddress, FileCatalog, FileRefused, VirtualFiles
+from .session import Datagram, Outcome, ReadTransfer, TransferLimits, open_transfer
+from .stats import TftpStats
+
+__all__ = ["MacResolver", "TftpService"]
+
+_log = get_logger(__name__)
+
+MacResolver = Callable[[str], bytes | None]
+"""Maps a client's IP address to its MAC (e.g. from DHCP leases), or ``None`` if unknown."""
+
+# Python 3.11 does not export IP_PKTINFO; 8 is its value on Linux, the only platform served.
+_IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+_PKTINFO = struct.Struct("=i4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
+# Datagrams read per readiness callback, so one busy socket cannot starve the others.
+_READ_BATCH = 64
+# A transfer's receive buffer: an ACK is 4 bytes, an ERROR well under this. A datagram that
+# fills the buffer is oversized and dropped.
+_RECEIVE_BUFFER = 1024
+_ACK_OPCODE = int(Opcode.ACK)
+
+
+@dataclass(eq=False, slots=True)
+class _Transfer:
+    """One transfer's socket, client and timer around its sans-I/O :class:`ReadTransfer`."""
+
+    machine: ReadTransfer
+    sock: socket.socket
+    client: ClientAddress
+    request: Request
+    started: float
+    receive_buffer: bytearray = field(default_factory=lambda: bytearray(_RECEIVE_BUFFER))
+    timer: asyncio.TimerHandle | None = None
+    timer_at: float = 0.0
+
+
+class TftpService:
+    """The read-only TFTP server, a :class:`diskless.runtime.Service` named ``tftp``.
+
+    Serves the configured iPXE programs from ``boot.ipxe_dir``, the files under ``root`` and the
+    ``virtual`` files (see :mod:`diskless.tftp.files`). A finished transfer is recorded in
+    ``timeline`` as :attr:`BootStage.TFTP_SENT` when ``mac_for_address`` knows the client's MAC
+    (TFTP itself never learns it); otherwise only the log line names the client.
+    """
+
+    name = "tftp"
+
+    def __init__(
+        self,
+        settings: TftpSettings,
+        boot: BootSettings,
+        root: Path,
+        timeline: BootTimeline | None = None,
+        virtual: VirtualFiles | None = None,
+        *,
+        mac_for_address: MacResolver | None = None,
+    ) -> None:
+        self._settings = settings
+        self._catalog = FileCatalog(
+            root=root,
+            ipxe_dir=boot.ipxe_dir,
+            loader_names=(
+                boot.bios_file,
+                boot.uefi_x64_file,
+                boot.uefi_ia32_file,
+                boot.uefi_arm64_file,
+            ),
+            virtual=virtual,
+        )
+        self._limits = TransferLimits(
+            max_block_size=settings.max_block_size,
+            max_window_size=settings.max_window_size,
+            timeout=settings.timeout,
+            retries=settings.retries,
+        )
+        self._timeline = timeline
+        self._mac_for_address = mac_for_address
+        self._listener: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._transfers: dict[ClientAddress, _Transfer] = {}
+        self.stats = TftpStats()
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """The bound listening address once started (a port of 0 in the settings picks one)."""
+        if self._listener is None:
+            return None
+        host, port = self._listener.getsockname()[:2]
+        return str(host), int(port)
+
+    @property
+    def active_transfers(self) -> int:
+        return len(self._transfers)
+
+    async def start(self) -> tuple[str, int]:
+        """Bind the listening socket and start answering; returns the bound address."""
+        if self._listener is not None:
+            raise RuntimeError("TFTP service already started")
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(
+            self._settings.host, self._settings.port, family=socket.AF_INET, type=socket.SOCK_DGRAM
+        )
+        listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
+            listener.bind(infos[0][4])
+            listener.setblocking(False)
+            loop.add_reader(listener.fileno(), self._on_request_readable)
+        except BaseException:
+            listener.close()
+            raise
+        self._loop = loop
+        self._listener = listener
+        address = self.address
+        assert address is not None
+        _log.info("tftp listening", host=address[0], port=address[1])
+        return address
+
+    async def run(self) -> None:
+        """Serve until cancelled, then close the listener and every transfer."""
+        try:
+            if self._listener is None:
+                await self.start()
+            await asyncio.get_running_loop().create_future()  # until cancelled
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop listening and end every transfer (their sockets and files are closed)."""
+        for transfer in list(self._transfers.values()):
+            self._end(transfer, "server stopping")
+        if self._listener is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+
+    # -- the listening port ---------------------------------------------------------------------
+
+    def _on_request_readable(self) -> None:
+        listener = self._listener
+        assert listener is not None
+        for _ in range(_READ_BATCH):
+            try:
+                data, ancillary, flags, address = listener.recvmsg(
+                    MAX_REQUEST_LENGTH + 1, socket.CMSG_SPACE(_PKTINFO.size)
+                )
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # An ICMP error queued on the socket, for instance: nothing to do with a request.
+                _log.debug("tftp listener receive error", error=str(exc))
+                continue
+            if flags & socket.MSG_TRUNC or len(data) > MAX_REQUEST_LENGTH:
+                self.stats.packets_malformed += 1
+                continue
+            self._handle_request(data, _local_address(ancillary, listener), address)
+
+    def _handle_request(self, data: bytes, local: str, client: ClientAddress) -> None:
+        try:
+            packet = parse_packet(data)
+        except MalformedPacket as exc:
+            self.stats.packets_malformed += 1
+            _log.debug("tftp malformed request", client=client[0], port=client[1], error=str(exc))
+            return
+        if not isinstance(packet, Request):
+            # ACKs and ERRORs belong on a transfer's port; answering them here could make two
+            # misconfigured servers bounce errors at each other.
+            self.stats.packets_ignored += 1
+            return
+        self.stats.requests += 1
+        running = self._transfers.get(client)
+        if running is not None:
+            if running.request == packet:
+                # A client that resent its request before our answer arrived: the running
+                # transfer's own retransmissions answer it (a second OACK would confuse it).
+                self.stats.duplicate_requests += 1
+                return
+            # A different request from the same port: the client gave up on the first one (for
+            # instance refused our OACK and asked again without options).
+            self._end(running, "superseded by a new request")
+        if len(self._transfers) >= self._settings.max_transfers:
+            self._refuse(client, ErrorCode.NOT_DEFINED, "server busy, try again later", packet)
+            return
+        loop = self._loop
+        assert loop is not None
+        try:
+            machine = open_transfer(packet, self._catalog, client, self._limits, loop.time())
+        except FileRefused as refusal:
+            self._refuse(client, refusal.code, refusal.message, packet)
+            return
+        except Exception:
+            # A bug, or a virtual file provider that failed: this request fails, not the server.
+            _log.exception("tftp request failed", client=client[0], file=packet.filename)
+            self._refuse(client, ErrorCode.NOT_DEFINED, "internal error", packet)
+            return
+        try:
+            sock = _transfer_socket(local)
+        except OSError as exc:
+            machine.close()
+            _log.warning("tftp cannot open a transfer socket", error=str(exc))
+            self._refuse(client, ErrorCode.NOT_DEFINED, "server busy, try again later", packet)
+            return
+        transfer = _Transfer(machine, sock, client, packet, time.monotonic())
+        self._transfers[client] = transfer
+        loop.add_reader(sock.fileno(), self._on_transfer_readable, transfer)
+        _log.debug(
+            "tftp transfer starting",
+            client=client[0],
+            port=client[1],
+            file=packet.filename,
+            options=dict(machine.negotiated.acknowledged or {}),
+        )
+        self._send(transfer, machine.start(loop.time()))
+        self._after_input(transfer)
+
+    def _refuse(
+        self, client: ClientAddress, code: ErrorCode, message: str, request: Request
+    ) -> None:
+        self.stats.requests_refused += 1
+        _log.info(
+            "tftp request refused",
+            client=client[0],
+            file=request.filename,
+            code=int(code),
+            reason=message,
+        )
+        # Sent from the listening port: every client takes the first answer's port as our TID.
+        assert self._listener is not None
+        with contextlib.suppress(OSError):
+            self._listener.sendto(encode_error(code, message), client)
+
+    # -- one transfer ---------------------------------------------------------------------------
+
+    def _on_transfer_readable(self, transfer: _Transfer) -> None:
+        loop = self._loop
+        assert loop is not None
+        sock = transfer.sock
+        buffer = transfer.receive_buffer
+        machine = transfer.machine
+        now = loop.time()
+        for _ in range(_READ_BATCH):
+            try:
+                count, address = sock.recvfrom_into(buffer)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._end(transfer, f"receive failed: {exc}")
+                return
+            if address != transfer.client:
+                self._answer_unknown_tid(sock, buffer, count, address)
+                continue
+            if count >= _RECEIVE_BUFFER:
+                self.stats.packets_malformed += 1
+                continue
+            if count >= 4 and buffer[0] == 0 and buffer[1] == _ACK_OPCODE:
+                # The one packet of the hot path, decoded without building an Ack.
+                datagrams = machine.on_ack((buffer[2] << 8) | buffer[3], now)
+            else:
+                try:
+                    packet = parse_packet(memoryview(buffer)[:count])
+                except MalformedPacket:
+                    self.stats.packets_malformed += 1
+                    continue
+                datagrams = machine.on_packet(packet, now)
+            if datagrams:
+                self._send(transfer, datagrams)
+            if machine.finished:
+                break
+        self._after_input(transfer)
+
+    def _answer_unknown_tid(
+        self, sock: socket.socket, buffer: bytearray, count: int, address: ClientAddress
+    ) -> None:
+        self.stats.packets_unknown_tid += 1
+        # An ERROR is never answered with an ERROR (two servers could bounce them forever).
+        if count >= 2 and buffer[0] == 0 and buffer[1] == ErrorCode.UNKNOWN_TRANSFER_ID:
+            return
+        with contextlib.suppress(OSError):
+            sock.sendto(encode_error(ErrorCode.UNKNOWN_TRANSFER_ID, "unknown transfer ID"), address)
+
+    def _send(self, transfer: _Transfer, datagrams: Iterable[Datagram]) -> None:
+        sock = transfer.sock
+        client = transfer.client
+        for datagram in datagrams:
+            try:
+                sock.sendto(datagram, client)
+            except (BlockingIOError, InterruptedError):
+                # Socket buffer full: the rest of the window is lost like any dropped packet,
+                # and the client's ACK or our timer brings it back.
+                return
+            except OSError as exc:
+                self._end(transfer, f"send failed: {exc}")
+                return
+
+    def _after_input(self, transfer: _Transfer) -> None:
+        if transfer.machine.finished:
+            self._end(transfer)
+        else:
+            self._arm_timer(transfer)
+
+    def _arm_timer(self, transfer: _Transfer) -> None:
+        deadline = transfer.machine.deadline
+        if transfer.timer is not None:
+            if transfer.timer_at <= deadline:
+                return  # fires first; _on_timer re-arms it for the later deadline
+            transfer.timer.cancel()
+        loop = self._loop
+        assert loop is not None
+        transfer.timer = loop.call_at(deadline, self._on_timer, transfer)
+        transfer.timer_at = deadline
+
+    def _on_timer(self, transfer: _Transfer) -> None:
+        transfer.timer = None
+        if self._transfers.get(transfer.client) is not transfer:
+            return
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        if now >= transfer.machine.deadline:
+            self._send(transfer, transfer.machine.on_timer(now))
+        if self._transfers.get(transfer.client) is transfer:
+            self._after_input(transfer)
+
+    def _end(self, transfer: _Transfer, error: str = "") -> None:
+        """Release everything the transfer holds and account for how it ended. Idempotent."""
+        if self._transfers.get(transfer.client) is not transfer:
+            return
+        del self._transfers[transfer.client]
+        if transfer.timer is not None:
+            transfer.timer.cancel()
+            transfer.timer = None
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(transfer.sock.fileno())
+        transfer.sock.close()
+        machine = transfer.machine
+        machine.close()
+        self.stats.bytes_sent += machine.bytes_sent
+        self.stats.retransmissions += machine.retransmissions
+        client, name = transfer.client, transfer.request.filename
+        seconds = round(time.monotonic() - transfer.started, 3)
+        if machine.outcome is Outcome.COMPLETED:
+            self.stats.transfers_completed += 1
+            _log.info("tftp sent", client=client[0], file=name, seconds=seconds)
+            self._record(client[0], name)
+        elif machine.outcome is Outcome.TIMED_OUT:
+            self.stats.transfers_timed_out += 1
+            _log.info("tftp transfer timed out", client=client[0], file=name, reason=machine.reason)
+        else:
+            self.stats.transfers_failed += 1
+            _log.info(
+                "tftp transfer failed", client=client[0], file=name, reason=error or machine.reason
+            )
+
+    def _record(self, address: str, name: str) -> None:
+        if self._timeline is None or self._mac_for_address is None:
+            return
+        mac = self._mac_for_address(address)
+        if mac is not None:
+            self._timeline.record(BootEvent(mac, BootStage.TFTP_SENT, time.time(), detail=name))
+
+
+def _local_address(ancillary: list[tuple[int, int, bytes]], listener: socket.socket) -> str:
+    """The address a request was sent to, from its IP_PKTINFO, else the listener's own."""
+    for level, kind, data in ancillary:
+        if level == socket.IPPROTO_IP and kind == _IP_PKTINFO and len(data) >= _PKTINFO.size:
+            _, local, _ = _PKTINFO.unpack_from(data)
+            return socket.inet_ntoa(local)
+    return str(listener.getsockname()[0])
+
+
+def _transfer_socket(local: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((local, 0))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
