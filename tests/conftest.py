@@ -1,7 +1,7 @@
 """Project-wide test configuration.
 
 In CI (``CI`` set) the interop tests must run, not skip: a missing external tool (qemu-img,
-libiscsi's initiators, tgt) fails the session at once instead of silently skipping the tests that
+libiscsi's initiators, tgt, the TFTP clients) fails the session at once instead of silently skipping the tests that
 prove we interoperate. ``scripts/test`` installs all of them.
 """
 
@@ -12,7 +12,18 @@ import shutil
 
 import pytest
 
-REQUIRED_TOOLS = ("qemu-img", "qemu-io", "iscsi-test-cu", "iscsi-inq", "iscsi-ls", "tgtd", "tgtadm")
+REQUIRED_TOOLS = (
+    "qemu-img",
+    "qemu-io",
+    "iscsi-test-cu",
+    "iscsi-inq",
+    "iscsi-ls",
+    "tgtd",
+    "tgtadm",
+    "curl",  # TFTP clients the interop tests run
+    "atftp",
+    "tftp",
+)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -76,7 +76,9 @@ class BootSettings(_Section):
     )
     uefi_x64_file: str = Field(
         default="ipxe.efi",
-        description="Boot program for x64 UEFI PXE clients (option 93 = 7 or 9); snponly.efi also works",
+        description=(
+            "Boot program for x64 UEFI PXE clients (option 93 = 7 or 9); snponly.efi also works"
+        ),
     )
     uefi_ia32_file: str | None = Field(
         default=None, description="Boot program for 32-bit UEFI clients (option 93 = 6), if any"
