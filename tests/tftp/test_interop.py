@@ -8,10 +8,12 @@ to a transfer's port.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
 import socket
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +33,7 @@ from diskless.tftp import (
     encode_ack,
     encode_error,
     encode_request,
+    endpoint,
     parse_packet,
 )
 
@@ -374,7 +377,7 @@ def test_a_client_that_stops_acking_is_timed_out_and_cleaned_up(root: Path) -> N
         oack, _ = client.receive()
         assert parse_packet(oack) == OptionAck({"timeout": "1"})
         assert running.on_loop(lambda: running.service.active_transfers) == 1
-        assert _open_fds() == fds_idle + 2  # the transfer's socket and its file
+        assert _open_fds() == fds_idle + 3  # the transfer's two sockets and its file
 
         # Timeout 1 s, one resend after 1 s, given up 2 s later: 3 s, never ACKed.
         assert running.wait_for(lambda service: service.active_transfers == 0, 6)
@@ -435,3 +438,40 @@ def test_a_finished_transfer_lands_in_the_boot_timeline(root: Path, tmp_path: Pa
 def test_acks_are_parsed_as_acks() -> None:
     # Guards the endpoint's hand-decoded ACK fast path against the codec.
     assert parse_packet(encode_ack(0xBEEF)) == Ack(0xBEEF)
+
+
+@needs_atftp
+def test_windows_still_go_out_where_the_kernel_refuses_gso(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 4-byte segment size is malformed ancillary data: every GSO send fails with EINVAL, as it
+    # does on a route without checksum offload, and the endpoint must fall back to datagrams.
+    monkeypatch.setattr(endpoint, "_U16", struct.Struct("=I"))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("127.0.0.1", 9))
+        with pytest.raises(OSError, match="Invalid argument") as refused:
+            probe.sendmsg([bytes(3000)], [(socket.SOL_UDP, 103, struct.pack("=I", 1472))])
+        assert refused.value.errno == errno.EINVAL
+    assert ATFTP is not None
+    out = tmp_path / "out"
+
+    with tftp_in_thread(root) as running:
+        result = _run(
+            [
+                ATFTP,
+                "--get",
+                "-r",
+                "f1m",
+                "-l",
+                str(out),
+                "--option",
+                "blksize 1468",
+                "--option",
+                "windowsize 8",
+                "127.0.0.1",
+                str(running.port),
+            ]
+        )
+
+    assert result.returncode == 0, result.stderr
+    assert _sha(out) == _sha(root / "f1m")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,13 @@ from diskless.tftp import (
     parse_packet,
 )
 from diskless.tftp.files import BytesSource
-from diskless.tftp.session import MAX_BACKOFF, MAX_WINDOW_BUFFER, Datagram
+from diskless.tftp.session import (
+    MAX_BACKOFF,
+    MAX_BURST_DATAGRAMS,
+    MAX_WINDOW_BUFFER,
+    READ_AHEAD_BYTES,
+    Burst,
+)
 
 CLIENT = ("192.0.2.10", 2000)
 
@@ -46,11 +53,19 @@ def _transfer(
     return ReadTransfer(BytesSource(data), negotiated, retries=retries, now=0.0)
 
 
-def _blocks(datagrams: list[Datagram]) -> list[tuple[int, bytes]]:
+def _datagrams(bursts: list[Burst]) -> list[bytes]:
+    """Each burst cut into its datagrams, as an endpoint without GSO sends them."""
+    out = []
+    for data, segment in bursts:
+        assert len(data) > 0
+        out += [bytes(data[i : i + segment]) for i in range(0, len(data), segment)]
+    return out
+
+
+def _blocks(bursts: list[Burst]) -> list[tuple[int, bytes]]:
     """(block number, payload) of each DATA datagram."""
     out = []
-    for datagram in datagrams:
-        raw = bytes(datagram)
+    for raw in _datagrams(bursts):
         assert raw[:2] == b"\x00\x03", raw[:4]
         out.append((int.from_bytes(raw[2:4], "big"), raw[4:]))
     return out
@@ -187,7 +202,7 @@ def test_an_empty_file_is_one_empty_block() -> None:
 def test_options_wait_for_the_ack_of_the_oack() -> None:
     transfer = _transfer(b"abc", oack=True)
 
-    assert transfer.start(0.0) == [b"\x00\x06blksize\x00512\x00"]
+    assert _datagrams(transfer.start(0.0)) == [b"\x00\x06blksize\x00512\x00"]
     assert transfer.on_ack(1, 0.1) == []  # not the OACK's ACK
     assert _blocks(transfer.on_ack(0, 0.2)) == [(1, b"abc")]
 
@@ -235,6 +250,52 @@ def test_an_ack_inside_the_window_restarts_the_window_after_it() -> None:
     transfer.start(0.0)
 
     assert [n for n, _ in _blocks(transfer.on_ack(2, 0.1))] == [3, 4, 5, 6]
+
+
+def test_a_window_goes_out_as_one_burst_of_its_ring_slots() -> None:
+    transfer = _transfer(b"x" * 10_000, window_size=8)
+
+    bursts = transfer.start(0.0)
+
+    assert [(len(data), segment) for data, segment in bursts] == [(8 * 516, 516)]
+    # The last window: 10,000 = 19 * 512 + 272, so blocks 17..20, the last one short.
+    transfer.on_ack(8, 0.0)
+    assert [(len(data), segment) for data, segment in transfer.on_ack(16, 0.0)] == [
+        (3 * 516 + 4 + 272, 516)
+    ]
+
+
+def test_bursts_stay_within_the_gso_limits() -> None:
+    transfer = _transfer(b"x" * 100_000, block_size=8, window_size=100)
+
+    bursts = transfer.start(0.0)
+
+    assert [len(data) // segment for data, segment in bursts] == [MAX_BURST_DATAGRAMS, 36]
+    assert [n for n, _ in _blocks(bursts)] == list(range(1, 101))
+
+
+class _CountingSource(BytesSource):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.fills = 0
+
+    def fill(self, views: Sequence[memoryview]) -> int:
+        self.fills += 1
+        return super().fill(views)
+
+
+def test_lock_step_reads_ahead_instead_of_once_per_block() -> None:
+    source = _CountingSource(b"y" * 300_000)
+    transfer = ReadTransfer(source, Negotiated(512, 1, 1.0, None), retries=1, now=0.0)
+    datagrams = transfer.start(0.0)
+    block = 0
+    while datagrams:
+        block += 1
+        datagrams = transfer.on_ack(block, 0.0)
+
+    assert transfer.outcome is Outcome.COMPLETED
+    assert block == 300_000 // 512 + 1
+    assert source.fills <= 300_000 // READ_AHEAD_BYTES + 2
 
 
 def test_timeouts_resend_the_window_with_backoff_then_give_up() -> None:
@@ -294,7 +355,8 @@ def _lossy_download(
         if transfer.finished:
             break
         ack: int | None = None
-        for number, payload in _blocks([d for d in in_flight if rng.random() >= loss]):
+        arrived = [block for block in _blocks(in_flight) if rng.random() >= loss]
+        for number, payload in arrived:
             if number == expected & 0xFFFF:
                 received += payload
                 expected += 1
@@ -361,8 +423,7 @@ def test_no_event_sequence_breaks_the_transfer(
     now = 0.0
     output = transfer.start(now)
     for kind, value in events:
-        for datagram in output:
-            raw = bytes(datagram)
+        for raw in _datagrams(output):
             assert raw[:2] in (b"\x00\x03", b"\x00\x06")  # only DATA and OACK, never ERROR
             if raw[:2] == b"\x00\x03":
                 # Every DATA is the right slice of the file for its block number (the files are

@@ -6,12 +6,14 @@ ephemeral port, its transfer ID (RFC 1350 §4), on the local address the request
 server. Packets to a transfer's port from any other address are answered with ERROR 5 and never
 reach the transfer.
 
-The sockets are driven with ``loop.add_reader`` and non-blocking ``recvfrom_into``/``sendto``
+The sockets are driven with ``loop.add_reader`` and non-blocking ``recvfrom_into``/``sendmsg``
 rather than datagram transports: each ACK is read into the transfer's preallocated 1 KiB buffer
 (a transport allocates a fresh 256 KiB one per datagram), and a whole window goes out in one
-callback, one ``sendto`` per slot of the transfer's buffer. Timers are lazy: a transfer keeps one
-``call_at`` handle that, when it fires early because ACKs moved the deadline on, is re-armed at
-the new deadline, so the hot path never creates or cancels timer handles.
+callback as bursts of the transfer's ring buffer, each one ``sendmsg`` with UDP GSO
+(``UDP_SEGMENT``) where the kernel and route allow it, else one ``sendto`` per datagram. Timers
+are lazy: a transfer keeps one ``call_at`` handle that, when it fires early because ACKs moved
+the deadline on, is re-armed at the new deadline, so the hot path never creates or cancels timer
+handles.
 
 Nothing a client sends can stop the service: bad datagrams are counted and dropped, and a
 transfer whose socket fails is ended on its own.
@@ -21,10 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +45,7 @@ from .codec import (
     parse_packet,
 )
 from .files import ClientAddress, FileCatalog, FileRefused, VirtualFiles
-from .session import Datagram, Outcome, ReadTransfer, TransferLimits, open_transfer
+from .session import Burst, Outcome, ReadTransfer, TransferLimits, open_transfer
 from .stats import TftpStats
 
 __all__ = ["MacResolver", "TftpService"]
@@ -61,6 +64,13 @@ _READ_BATCH = 64
 # fills the buffer is oversized and dropped.
 _RECEIVE_BUFFER = 1024
 _ACK_OPCODE = int(Opcode.ACK)
+_UNKNOWN_TID_ERROR = encode_error(ErrorCode.UNKNOWN_TRANSFER_ID, "unknown transfer ID")
+# UDP generic segmentation offload (Linux 4.18): a send of several equal datagrams end to end.
+# Python 3.11 does not export the constant.
+_UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
+_U16 = struct.Struct("=H")
+# What sendmsg fails with where GSO cannot be used.
+_NO_SEGMENTATION = frozenset({errno.EINVAL, errno.EIO, errno.EOPNOTSUPP, errno.ENOPROTOOPT})
 
 
 @dataclass(eq=False, slots=True)
@@ -69,9 +79,15 @@ class _Transfer:
 
     machine: ReadTransfer
     sock: socket.socket
+    """Connected to the client: the kernel delivers it only the client's datagrams."""
+    strangers: socket.socket
+    """Bound to the same port, unconnected: gets every other datagram sent to the port."""
     client: ClientAddress
     request: Request
     started: float
+    segmentation: list[tuple[int, int, bytes]] | None
+    """The ancillary data asking for UDP GSO in segments of one DATA datagram, or ``None`` once
+    the kernel refused it."""
     receive_buffer: bytearray = field(default_factory=lambda: bytearray(_RECEIVE_BUFFER))
     timer: asyncio.TimerHandle | None = None
     timer_at: float = 0.0
@@ -239,15 +255,19 @@ class TftpService:
             self._refuse(client, ErrorCode.NOT_DEFINED, "internal error", packet)
             return
         try:
-            sock = _transfer_socket(local)
+            sock, strangers = _transfer_sockets(local, client)
         except OSError as exc:
             machine.close()
             _log.warning("tftp cannot open a transfer socket", error=str(exc))
             self._refuse(client, ErrorCode.NOT_DEFINED, "server busy, try again later", packet)
             return
-        transfer = _Transfer(machine, sock, client, packet, time.monotonic())
+        segmentation = [(socket.SOL_UDP, _UDP_SEGMENT, _U16.pack(machine.segment_size))]
+        transfer = _Transfer(
+            machine, sock, strangers, client, packet, time.monotonic(), segmentation
+        )
         self._transfers[client] = transfer
         loop.add_reader(sock.fileno(), self._on_transfer_readable, transfer)
+        loop.add_reader(strangers.fileno(), self._on_stranger_readable, transfer)
         _log.debug(
             "tftp transfer starting",
             client=client[0],
@@ -283,57 +303,73 @@ class TftpService:
         buffer = transfer.receive_buffer
         machine = transfer.machine
         now = loop.time()
+        # Drain what is queued: after sending, the next ACK is often already there, which saves
+        # a trip through the selector.
         for _ in range(_READ_BATCH):
             try:
-                count, address = sock.recvfrom_into(buffer)
+                count = sock.recv_into(buffer)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                self._end(transfer, f"receive failed: {exc}")
+                # ECONNREFUSED: an ICMP port unreachable came back, the client is gone.
+                self._end(transfer, f"receive failed: {exc.strerror or exc}")
                 return
-            if address != transfer.client:
-                self._answer_unknown_tid(sock, buffer, count, address)
-                continue
             if count >= _RECEIVE_BUFFER:
                 self.stats.packets_malformed += 1
                 continue
             if count >= 4 and buffer[0] == 0 and buffer[1] == _ACK_OPCODE:
                 # The one packet of the hot path, decoded without building an Ack.
-                datagrams = machine.on_ack((buffer[2] << 8) | buffer[3], now)
+                bursts = machine.on_ack((buffer[2] << 8) | buffer[3], now)
             else:
                 try:
                     packet = parse_packet(memoryview(buffer)[:count])
                 except MalformedPacket:
                     self.stats.packets_malformed += 1
                     continue
-                datagrams = machine.on_packet(packet, now)
-            if datagrams:
-                self._send(transfer, datagrams)
+                bursts = machine.on_packet(packet, now)
+            if bursts:
+                self._send(transfer, bursts)
             if machine.finished:
                 break
         self._after_input(transfer)
 
-    def _answer_unknown_tid(
-        self, sock: socket.socket, buffer: bytearray, count: int, address: ClientAddress
-    ) -> None:
-        self.stats.packets_unknown_tid += 1
-        # An ERROR is never answered with an ERROR (two servers could bounce them forever).
-        if count >= 2 and buffer[0] == 0 and buffer[1] == ErrorCode.UNKNOWN_TRANSFER_ID:
-            return
-        with contextlib.suppress(OSError):
-            sock.sendto(encode_error(ErrorCode.UNKNOWN_TRANSFER_ID, "unknown transfer ID"), address)
-
-    def _send(self, transfer: _Transfer, datagrams: Iterable[Datagram]) -> None:
-        sock = transfer.sock
-        client = transfer.client
-        for datagram in datagrams:
+    def _on_stranger_readable(self, transfer: _Transfer) -> None:
+        buffer = transfer.receive_buffer
+        for _ in range(_READ_BATCH):
             try:
-                sock.sendto(datagram, client)
+                count, address = transfer.strangers.recvfrom_into(buffer)
+            except OSError:  # EAGAIN, or an ICMP error about an earlier ERROR 5
+                return
+            self.stats.packets_unknown_tid += 1
+            # An ERROR is never answered with an ERROR (two servers could bounce them forever).
+            if count >= 2 and buffer[0] == 0 and buffer[1] == Opcode.ERROR:
+                continue
+            with contextlib.suppress(OSError):
+                transfer.strangers.sendto(_UNKNOWN_TID_ERROR, address)
+
+    def _send(self, transfer: _Transfer, bursts: list[Burst]) -> None:
+        sock = transfer.sock
+        for data, segment in bursts:
+            try:
+                if len(data) <= segment:
+                    sock.send(data)
+                elif transfer.segmentation is not None:
+                    # One system call for the whole burst: the kernel cuts it into datagrams.
+                    sock.sendmsg([data], transfer.segmentation)
+                else:
+                    for offset in range(0, len(data), segment):
+                        sock.send(data[offset : offset + segment])
             except (BlockingIOError, InterruptedError):
                 # Socket buffer full: the rest of the window is lost like any dropped packet,
                 # and the client's ACK or our timer brings it back.
                 return
             except OSError as exc:
+                if transfer.segmentation is not None and exc.errno in _NO_SEGMENTATION:
+                    # No UDP GSO on this kernel or route (a device without checksum offload,
+                    # a block bigger than the MTU): send datagram by datagram from now on.
+                    transfer.segmentation = None
+                    self._send(transfer, [(data, segment)])
+                    continue
                 self._end(transfer, f"send failed: {exc}")
                 return
 
@@ -374,9 +410,10 @@ class TftpService:
         if transfer.timer is not None:
             transfer.timer.cancel()
             transfer.timer = None
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(transfer.sock.fileno())
-        transfer.sock.close()
+        for sock in (transfer.sock, transfer.strangers):
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
         machine = transfer.machine
         machine.close()
         self.stats.bytes_sent += machine.bytes_sent
@@ -413,12 +450,26 @@ def _local_address(ancillary: list[tuple[int, int, bytes]], listener: socket.soc
     return str(listener.getsockname()[0])
 
 
-def _transfer_socket(local: str) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def _transfer_sockets(local: str, client: ClientAddress) -> tuple[socket.socket, socket.socket]:
+    """A fresh port on ``local``, as a socket connected to ``client`` and one that is not.
+
+    The connected socket saves a route lookup per datagram sent and hears of a vanished client
+    (ICMP port unreachable) at once; the kernel gives it the client's datagrams, the more specific
+    match, and everything else sent to the port goes to the unconnected one, which answers
+    ERROR 5 (RFC 1350 §4). The port is picked before SO_REUSEADDR is set, so it is one nobody
+    else holds; the option then only lets the second socket share it.
+    """
+    connected = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    strangers = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        sock.bind((local, 0))
-        sock.setblocking(False)
+        connected.bind((local, 0))
+        for sock in (connected, strangers):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setblocking(False)
+        strangers.bind(connected.getsockname())
+        connected.connect(client)
     except BaseException:
-        sock.close()
+        connected.close()
+        strangers.close()
         raise
-    return sock
+    return connected, strangers

@@ -5,12 +5,13 @@ retransmission with backoff, and the end of a transfer. It never touches a socke
 caller passes ``now`` (any monotonic time in seconds), sends the datagrams each call returns, and
 calls :meth:`ReadTransfer.on_timer` once ``deadline`` has passed.
 
-Data lives in one preallocated buffer of ``windowsize`` slots, each a 4-byte DATA header followed by
-``blksize`` bytes. Block ``k`` always lives in slot ``k % windowsize``, so when the window slides
-the slots it frees are exactly the ones the next blocks need: one ``fill`` (one ``preadv`` for a
-file) reads the new blocks straight into place, and each DATA goes out as one memoryview of its
-slot, header included, with no copy and no per-packet allocation. Retransmissions come from the
-same slots, never from the file again.
+Data lives in one preallocated ring of slots, each a 4-byte DATA header followed by ``blksize``
+bytes, holding whole windows up to ~64 KiB. Block ``k`` always lives in slot ``(k - 1) % ring``,
+so the slots the window frees as it slides are exactly the ones the next blocks need: one
+``fill`` (one ``preadv`` for a file) reads every free slot's block straight into place, and since
+the slots lie end to end, a window goes out as one memoryview of the ring (a *burst*) that the
+endpoint hands to the kernel in one UDP GSO send, headers included, with no copy. Retransmissions
+come from the same slots, never from the file again.
 
 Acknowledgements follow RFC 7440 and steer clear of the Sorcerer's Apprentice bug (RFC 1123
 §4.2.3.1): an ACK for a block of the window just sent acknowledges everything up to it and the
@@ -42,8 +43,11 @@ from .codec import (
 from .files import BlockSource, ClientAddress, FileCatalog, FileRefused, NetasciiSource
 
 __all__ = [
+    "MAX_BURST_BYTES",
+    "MAX_BURST_DATAGRAMS",
     "MAX_WINDOW_BUFFER",
-    "Datagram",
+    "READ_AHEAD_BYTES",
+    "Burst",
     "Negotiated",
     "Outcome",
     "ReadTransfer",
@@ -52,13 +56,19 @@ __all__ = [
     "open_transfer",
 ]
 
-Datagram = bytes | memoryview
-"""One datagram to send. A memoryview points into the transfer's buffer: send it before the next
-call into the transfer, which may overwrite it."""
+Burst = tuple[bytes | memoryview, int]
+"""``(data, segment)``: datagrams of ``segment`` bytes end to end in ``data`` (the last may be
+shorter). A memoryview points into the transfer's buffer: send it before the next call into the
+transfer, which may overwrite it."""
 
-# A session's block buffer is at most this big: windowsize is granted only as far as it fits
-# (the client learns the smaller value from the OACK), which bounds memory per transfer.
+# A window is at most this big: windowsize is granted only as far as it fits (the client learns
+# the smaller value from the OACK), which bounds memory per transfer.
 MAX_WINDOW_BUFFER = 1 << 20
+# The block buffer holds whole windows up to about this much, read with one fill.
+READ_AHEAD_BYTES = 64 << 10
+# A burst is one GSO send: Linux takes at most 64 segments (UDP_MAX_SEGMENTS) and 64 KiB.
+MAX_BURST_DATAGRAMS = 64
+MAX_BURST_BYTES = 65000
 # The retransmission interval doubles after each unanswered send, up to this many times the
 # base interval (so 1 s → 2 → 4 → 8 → 8 ...).
 MAX_BACKOFF = 8
@@ -155,61 +165,74 @@ class Outcome(Enum):
 
 
 class ReadTransfer:
-    """Sends one file: OACK (if options were granted), then DATA windows until the last ACK."""
+    """Sends one file: OACK (if options were granted), then DATA windows until the last ACK.
+
+    Every call that sends returns a list of bursts, ``(data, segment)`` pairs: ``data`` holds
+    consecutive datagrams of ``segment`` bytes laid end to end, the last one possibly shorter
+    (an OACK is a burst of one). A burst never crosses the end of the buffer and stays within
+    :data:`MAX_BURST_DATAGRAMS` and :data:`MAX_BURST_BYTES`, so it can go out as one UDP GSO
+    send; or the caller cuts it into ``segment``-sized datagrams.
+    """
 
     def __init__(
         self, source: BlockSource, negotiated: Negotiated, *, retries: int, now: float
     ) -> None:
         self.negotiated = negotiated
         self.outcome = Outcome.ACTIVE
+        self.finished = False
         self.reason = ""
         """Why the transfer ended when it did not complete, for logs."""
         self.bytes_sent = 0
         """Payload bytes put on the wire, retransmissions included."""
         self.retransmissions = 0
         self.deadline: float = now
+        block_size = negotiated.block_size
+        window_size = negotiated.window_size
+        self.segment_size = DATA_HEADER_LENGTH + block_size
+        """Bytes of one full DATA datagram."""
         self._source = source
-        self._block_size = negotiated.block_size
-        self._window_size = negotiated.window_size
+        self._block_size = block_size
+        self._window_size = window_size
         self._base_interval = negotiated.timeout
         self._interval = negotiated.timeout
         self._max_retries = retries
         self._retries = 0
-        slot = DATA_HEADER_LENGTH + self._block_size
-        self._buffer = bytearray(slot * self._window_size)
+        # Whole windows of read-ahead, so a lock-step transfer reads its file ~64 KiB at a time.
+        windows = max(1, READ_AHEAD_BYTES // (window_size * self.segment_size))
+        ring = self._ring = window_size * windows
+        segment = self.segment_size
+        self._buffer = bytearray(segment * ring)
         whole = memoryview(self._buffer)
-        self._slots = [whole[i * slot : (i + 1) * slot] for i in range(self._window_size)]
+        self._slots = [whole[i * segment : (i + 1) * segment] for i in range(ring)]
         self._payloads = [view[DATA_HEADER_LENGTH:] for view in self._slots]
-        self._lengths = [0] * self._window_size
+        self._burst_blocks = max(1, min(MAX_BURST_DATAGRAMS, MAX_BURST_BYTES // segment))
         self._option_ack: bytes | None = None
         if negotiated.acknowledged is not None:
             self._option_ack = encode_option_ack(negotiated.acknowledged)
         self._acked = 0  # every block up to this one is acknowledged
         self._filled = 0  # blocks up to this one are in their slots
         self._sent_through = 0  # the last block of the window sent last
-        self._last_block: int | None = None  # the short block that ends the file, once read
+        # The block that ends the file (shorter than block_size, possibly empty), once read.
+        self._last_block = 0
+        self._last_length = 0
         self._started = False
         self._closed = False
-
-    @property
-    def finished(self) -> bool:
-        return self.outcome is not Outcome.ACTIVE
 
     @property
     def blocks_acknowledged(self) -> int:
         return self._acked
 
-    def start(self, now: float) -> list[Datagram]:
+    def start(self, now: float) -> list[Burst]:
         """The first datagrams: the OACK, or the first window when no option was granted."""
         if self._started:
             return []
         self._started = True
         if self._option_ack is not None:
             self.deadline = now + self._interval
-            return [self._option_ack]
+            return [(self._option_ack, len(self._option_ack))]
         return self._send_window(now)
 
-    def on_packet(self, packet: Packet, now: float) -> list[Datagram]:
+    def on_packet(self, packet: Packet, now: float) -> list[Burst]:
         """React to a packet from the client's TID."""
         if self.finished:
             return []
@@ -219,35 +242,35 @@ class ReadTransfer:
             # Never answered with an error (an ERROR for an ERROR is how loops start): a client
             # that refuses our OACK this way re-requests without options (fbtftp#51).
             waiting = "options" if self._sent_through == 0 else f"block {self._acked + 1}"
-            self._finish(
-                Outcome.FAILED, f"client error {packet.code} at {waiting}: {packet.message[:64]}"
-            )
+            message = packet.message[:64]
+            self._finish(Outcome.FAILED, f"client error {packet.code} at {waiting}: {message}")
             return []
         # DATA, OACK or a request on the transfer's port: nothing a reader should send; ignored
         # rather than answered, so a confused client cannot make us send errors after an OACK.
         return []
 
-    def on_ack(self, block: int, now: float) -> list[Datagram]:
+    def on_ack(self, block: int, now: float) -> list[Burst]:
         """React to ``ACK block`` (the 16-bit wire number)."""
         if self.finished or not self._started:
             return []
+        acked = self._acked
         if self._sent_through == 0:
             # Waiting for the ACK of the OACK, which is block 0.
             if block != 0:
                 return []
-            self._progress()
-            return self._send_window(now)
-        acked = self._acked + ((block - self._acked) & 0xFFFF)
-        if acked == self._acked or acked > self._sent_through:
-            return []  # a repeat, or a block not in flight: only the timer resends
-        self._acked = acked
-        self._progress()
-        if acked == self._last_block:
-            self._finish(Outcome.COMPLETED, "")
-            return []
+        else:
+            acked += (block - acked) & 0xFFFF
+            if acked == self._acked or acked > self._sent_through:
+                return []  # a repeat, or a block not in flight: only the timer resends
+            self._acked = acked
+            if acked == self._last_block:
+                self._finish(Outcome.COMPLETED, "")
+                return []
+        self._retries = 0
+        self._interval = self._base_interval
         return self._send_window(now)
 
-    def on_timer(self, now: float) -> list[Datagram]:
+    def on_timer(self, now: float) -> list[Burst]:
         """Retransmit what is unacknowledged, or give up; call once ``now >= deadline``."""
         if self.finished or not self._started or now < self.deadline:
             return []
@@ -261,7 +284,7 @@ class ReadTransfer:
         if self._sent_through == 0:
             assert self._option_ack is not None
             self.deadline = now + self._interval
-            return [self._option_ack]
+            return [(self._option_ack, len(self._option_ack))]
         self.retransmissions += self._sent_through - self._acked
         return self._send_window(now)
 
@@ -270,55 +293,64 @@ class ReadTransfer:
         if not self._closed:
             self._closed = True
             self._source.close()
-        if self.outcome is Outcome.ACTIVE:
+        if not self.finished:
             self._finish(Outcome.FAILED, "closed")
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _progress(self) -> None:
-        self._retries = 0
-        self._interval = self._base_interval
-
     def _finish(self, outcome: Outcome, reason: str) -> None:
         self.outcome = outcome
+        self.finished = True
         self.reason = reason
 
-    def _send_window(self, now: float) -> list[Datagram]:
+    def _send_window(self, now: float) -> list[Burst]:
         first = self._acked + 1
         end = self._acked + self._window_size
-        if self._last_block is not None:
-            end = min(end, self._last_block)
-        if self._filled < end:
-            self._fill(end)
-            if self._last_block is not None:
-                end = min(end, self._last_block)
-        datagrams: list[Datagram] = []
-        full = self._block_size
-        for block in range(first, end + 1):
-            slot = block % self._window_size
-            length = self._lengths[slot]
-            self.bytes_sent += length
-            view = self._slots[slot]
-            datagrams.append(view if length == full else view[: DATA_HEADER_LENGTH + length])
+        if self._filled < end and not self._last_block:
+            self._fill()
+        if self._last_block and end >= self._last_block:
+            end = self._last_block
+        segment = self.segment_size
         self._sent_through = end
         self.deadline = now + self._interval
-        return datagrams
+        self.bytes_sent += (end - first + 1) * self._block_size
+        if end == first and end != self._last_block:
+            return [(self._slots[(first - 1) % self._ring], segment)]  # lock-step
+        if end == self._last_block:
+            self.bytes_sent -= self._block_size - self._last_length
+        bursts: list[Burst] = []
+        buffer = memoryview(self._buffer)
+        block = first
+        while block <= end:
+            slot = (block - 1) % self._ring
+            count = min(end - block + 1, self._ring - slot, self._burst_blocks)
+            begin = slot * segment
+            stop = begin + count * segment
+            if block + count - 1 == self._last_block:
+                stop -= self._block_size - self._last_length
+            bursts.append((buffer[begin:stop], segment))
+            block += count
+        return bursts
 
-    def _fill(self, end: int) -> None:
-        """Read blocks ``_filled + 1 .. end`` into their slots (their slots are free)."""
+    def _fill(self) -> None:
+        """Read the blocks after ``_filled`` into every free slot, in one ``fill``."""
+        ring = self._ring
         start = self._filled + 1
-        ring = self._window_size
-        views = [self._payloads[block % ring] for block in range(start, end + 1)]
-        remaining = self._source.fill(views)
+        end = self._acked + ring  # the slots of blocks up to _acked are free again
+        payloads = self._payloads
+        views = [payloads[(block - 1) % ring] for block in range(start, end + 1)]
+        total = self._source.fill(views)
         full = self._block_size
-        for block in range(start, end + 1):
-            slot = block % ring
-            length = min(remaining, full)
-            remaining -= length
-            self._lengths[slot] = length
-            pack_data_header(self._buffer, slot * (DATA_HEADER_LENGTH + full), block)
-            self._filled = block
-            if length < full:
-                # A short block (possibly empty) ends the file.
-                self._last_block = block
-                return
+        buffer = self._buffer
+        segment = self.segment_size
+        filled = start + total // full  # the first block not read in full
+        for block in range(start, min(filled, end + 1)):
+            pack_data_header(buffer, ((block - 1) % ring) * segment, block)
+        if filled <= end:
+            # A short block (possibly empty) ends the file.
+            pack_data_header(buffer, ((filled - 1) % ring) * segment, filled)
+            self._last_block = filled
+            self._last_length = total - (filled - start) * full
+            self._filled = filled
+        else:
+            self._filled = end
