@@ -195,9 +195,12 @@ class TftpSettings(_Section):
         description="Retransmissions of one window before a silent client's transfer is dropped",
     )
     max_transfers: int = Field(
-        default=512,
+        default=256,
         ge=1,
-        description="Transfers served at once; further requests are refused until one ends",
+        description=(
+            "Transfers served at once; further requests are refused until one ends (each holds "
+            "two sockets and a file: keep it under a third of the open-file limit)"
+        ),
     )
 
 

@@ -8,6 +8,7 @@ to a transfer's port.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import hashlib
 import os
@@ -22,6 +23,8 @@ import pytest
 from tftp_support import RawClient, Running, tftp_in_thread
 
 from diskless.boot.events import BootStage, BootTimeline
+from diskless.config import BootSettings, TftpSettings
+from diskless.errors import ConfigError
 from diskless.tftp import (
     Ack,
     Data,
@@ -30,6 +33,7 @@ from diskless.tftp import (
     Mode,
     Opcode,
     OptionAck,
+    TftpService,
     encode_ack,
     encode_error,
     encode_request,
@@ -475,3 +479,16 @@ def test_windows_still_go_out_where_the_kernel_refuses_gso(
 
     assert result.returncode == 0, result.stderr
     assert _sha(out) == _sha(root / "f1m")
+
+
+def test_a_port_already_taken_is_a_config_error(root: Path) -> None:
+    # No SO_REUSEADDR: a second TFTP server on the same port must fail, not share the requests.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        service = TftpService(
+            TftpSettings(host="127.0.0.1", port=port), BootSettings(ipxe_dir=IPXE_DIR), root
+        )
+
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
+            asyncio.run(service.run())

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from diskless.boot.events import BootEvent, BootStage, BootTimeline
 from diskless.config import BootSettings, TftpSettings
+from diskless.errors import ConfigError
 from diskless.observe.log import get_logger
 
 from .codec import (
@@ -152,20 +153,30 @@ class TftpService:
         return len(self._transfers)
 
     async def start(self) -> tuple[str, int]:
-        """Bind the listening socket and start answering; returns the bound address."""
+        """Bind the listening socket and start answering; returns the bound address.
+
+        Raises :class:`ConfigError` when the address cannot be bound (port 69 needs root or
+        ``CAP_NET_BIND_SERVICE``; another TFTP server may hold it).
+        """
         if self._listener is not None:
             raise RuntimeError("TFTP service already started")
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(
-            self._settings.host, self._settings.port, family=socket.AF_INET, type=socket.SOCK_DGRAM
-        )
+        host, port = self._settings.host, self._settings.port
         listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            infos = await loop.getaddrinfo(
+                host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM
+            )
+            # No SO_REUSEADDR: on UDP it would let a second server (tftpd-hpa, dnsmasq) bind
+            # port 69 beside us and silently take half the requests.
             listener.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
             listener.bind(infos[0][4])
             listener.setblocking(False)
             loop.add_reader(listener.fileno(), self._on_request_readable)
+        except OSError as exc:
+            listener.close()
+            reason = exc.strerror or str(exc)
+            raise ConfigError(f"tftp: cannot listen on {host}:{port}: {reason}") from exc
         except BaseException:
             listener.close()
             raise
