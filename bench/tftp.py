@@ -72,6 +72,11 @@ class Workload:
     window_size: int | None = None
     goal: float | None = None  # ours/tftpd-hpa at least this
 
+    def packets(self, concurrent: int) -> int:
+        """DATA packets one measurement sends (each client's file ends with a short block)."""
+        per_file = FILES[self.file] // self.block_size + 1
+        return per_file * (concurrent if self.tool == "concurrent" else 1)
+
 
 def workloads(concurrent: int) -> list[Workload]:
     return [
@@ -107,7 +112,13 @@ def workloads(concurrent: int) -> list[Workload]:
 @dataclass
 class Cell:
     values: list[float] = field(default_factory=list)
+    cpu_per_packet: list[float] = field(default_factory=list)  # server CPU µs per DATA packet
     errors: int = 0
+
+    def cpu_text(self) -> str:
+        if not self.cpu_per_packet:
+            return "-"
+        return f"{statistics.median(self.cpu_per_packet):.1f}"
 
     def median(self) -> float:
         return float(statistics.median(self.values)) if self.values else float("nan")
@@ -194,8 +205,46 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=5)
 
 
+class CpuAccount:
+    """CPU time of a server and every process it forks, from a cgroup-v1 cpuacct group.
+
+    tftpd-hpa forks a child per transfer and ignores SIGCHLD, so the children's CPU never reaches
+    the parent's counters; a cgroup catches it. ``None`` readings where cgroups are unavailable.
+    """
+
+    ROOT = Path("/sys/fs/cgroup/cpuacct")
+
+    def __init__(self, label: str, pid: int) -> None:
+        self.group: Path | None = self.ROOT / f"diskless-bench-tftp-{os.getpid()}-{label}"
+        try:
+            self.group.mkdir()
+            (self.group / "cgroup.procs").write_text(f"{pid}\n")
+        except OSError:
+            with contextlib.suppress(OSError):
+                self.group.rmdir()
+            self.group = None
+
+    def seconds(self) -> float | None:
+        if self.group is None:
+            return None
+        return int((self.group / "cpuacct.usage").read_text()) / 1e9
+
+    def remove(self) -> None:
+        """Once the server is stopped: the group must be empty to go."""
+        if self.group is not None:
+            with contextlib.suppress(OSError):
+                self.group.rmdir()
+
+
+@dataclass
+class Server:
+    label: str
+    port: int
+    cpu: CpuAccount
+
+
 @contextlib.contextmanager
-def start_server(label: str, root: Path, log: Path) -> Iterator[int]:
+def start_server(label: str, root: Path, log: Path) -> Iterator[Server]:
     port = free_udp_port()
     if label == "ours":
         command = [sys.executable, __file__, "--serve", str(root), "--port", str(port)]
@@ -203,11 +252,13 @@ def start_server(label: str, root: Path, log: Path) -> Iterator[int]:
         command = [IN_TFTPD, "-L", "-a", f"127.0.0.1:{port}", "-u", "nobody", "-s", str(root)]
     with open(log, "ab") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    cpu = CpuAccount(label, process.pid)
     try:
         wait_for_tftp(port, process)
-        yield port
+        yield Server(label, port, cpu)
     finally:
         stop_process(process)
+        cpu.remove()
 
 
 def serve(root: Path, port: int) -> None:
@@ -342,22 +393,28 @@ class Bench:
             start_server("ours", root, self.work / "ours.log") as ours,
             start_server("tftpd-hpa", root, self.work / "tftpd.log") as theirs,
         ):
-            ports = {"ours": ours, "tftpd-hpa": theirs}
-            for label, port in ports.items():
-                check_files(port, label, self.work, digests)
+            servers = {"ours": ours, "tftpd-hpa": theirs}
+            for label, server in servers.items():
+                check_files(server.port, label, self.work, digests)
             for row in self.rows:  # unrecorded warm-up pass
                 for label in LABELS:
-                    run_once(ports[label], row, out, self.args.client_timeout)
+                    run_once(servers[label].port, row, out, self.args.client_timeout)
             for run in range(self.args.runs):
                 order = LABELS if run % 2 == 0 else LABELS[::-1]
                 for row in self.rows:
                     for label in order:
-                        value = run_once(ports[label], row, out, self.args.client_timeout)
+                        server = servers[label]
+                        cpu_before = server.cpu.seconds()
+                        value = run_once(server.port, row, out, self.args.client_timeout)
+                        cpu_after = server.cpu.seconds()
                         cell = self.cells[(row.key, label)]
                         if value is None:
                             cell.errors += 1
                         else:
                             cell.values.append(value)
+                            if cpu_before is not None and cpu_after is not None:
+                                packets = row.packets(self.args.concurrent)
+                                cell.cpu_per_packet.append(1e6 * (cpu_after - cpu_before) / packets)
                         shown = "FAILED" if value is None else f"{value:8.1f} MB/s"
                         print(f"run {run + 1} {row.key:18} {label:10} {shown}", flush=True)
 
@@ -366,8 +423,9 @@ class Bench:
 
     def table(self) -> str:
         lines = [
-            "| Workload | ours MB/s | tftpd-hpa MB/s | ours / tftpd-hpa | goal |",
-            "| --- | --- | --- | --- | --- |",
+            "| Workload | ours MB/s | tftpd-hpa MB/s | ours / tftpd-hpa | goal "
+            "| server CPU µs/packet, ours / tftpd-hpa |",
+            "| --- | --- | --- | --- | --- | --- |",
         ]
         for row in self.rows:
             ratio = self.ratio(row.key)
@@ -376,9 +434,10 @@ class Bench:
                 if row.goal is None
                 else f">= {row.goal:g}: " + ("met" if ratio >= row.goal else "NOT met")
             )
+            ours, theirs = self.cells[(row.key, "ours")], self.cells[(row.key, "tftpd-hpa")]
             lines.append(
-                f"| {row.title} | {self.cells[(row.key, 'ours')].text()} | "
-                f"{self.cells[(row.key, 'tftpd-hpa')].text()} | {ratio:.2f} | {goal} |"
+                f"| {row.title} | {ours.text()} | {theirs.text()} | {ratio:.2f} | {goal} "
+                f"| {ours.cpu_text()} / {theirs.cpu_text()} |"
             )
         return "\n".join(lines)
 
