@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from diskless.errors import ConfigError
 from diskless.tftp import ClientAddress, ErrorCode, FileCatalog, FileRefused, normalize_name
 from diskless.tftp.files import BlockSource, BytesSource, FileSource, NetasciiSource
 
@@ -131,6 +132,11 @@ def test_what_the_root_refuses(tmp_path: Path, requested: str, code: ErrorCode) 
         layout.catalog().open(requested, CLIENT)
 
     assert refused.value.code is code
+
+
+def test_a_loader_name_that_climbs_out_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot be served"):
+        FileCatalog(root=tmp_path, ipxe_dir=tmp_path, loader_names=["../ipxe.efi"])
 
 
 def test_a_missing_root_serves_only_the_loaders(tmp_path: Path) -> None:

@@ -26,7 +26,6 @@ from diskless.boot.events import BootStage, BootTimeline
 from diskless.config import BootSettings, TftpSettings
 from diskless.errors import ConfigError
 from diskless.tftp import (
-    Ack,
     Data,
     ErrorCode,
     ErrorPacket,
@@ -259,9 +258,7 @@ def test_tftp_hpa_cannot_climb_out(server: Running, tmp_path: Path) -> None:
         ]
     )
 
-    assert "Access violation" in result.stdout + result.stderr or "access violation" in (
-        result.stdout + result.stderr
-    )
+    assert "access violation" in (result.stdout + result.stderr).lower()
     assert not out.exists() or out.read_bytes() == b""
 
 
@@ -437,11 +434,6 @@ def test_a_finished_transfer_lands_in_the_boot_timeline(root: Path, tmp_path: Pa
 
     assert out.read_bytes() == b"#!ipxe\necho hello 127.0.0.1\n"
     assert [(event.stage, event.detail) for event in events] == [(BootStage.TFTP_SENT, "boot.ipxe")]
-
-
-def test_acks_are_parsed_as_acks() -> None:
-    # Guards the endpoint's hand-decoded ACK fast path against the codec.
-    assert parse_packet(encode_ack(0xBEEF)) == Ack(0xBEEF)
 
 
 @needs_atftp

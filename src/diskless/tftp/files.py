@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from diskless.errors import DisklessError
+from diskless.errors import ConfigError, DisklessError
 
 from .codec import ErrorCode
 
@@ -240,7 +240,7 @@ class FileCatalog:
         self._root = root
         self._ipxe_dir = ipxe_dir
         self._loaders = frozenset(
-            normalize_name(name) for name in loader_names if name is not None and name.strip("/")
+            _loader_name(name) for name in loader_names if name is not None and name.strip("/")
         )
         self._virtual = virtual
 
@@ -280,6 +280,13 @@ class FileCatalog:
             source.close()
             raise FileRefused(ErrorCode.ACCESS_VIOLATION, "access violation")
         return source
+
+
+def _loader_name(name: str) -> str:
+    try:
+        return normalize_name(name)
+    except FileRefused:
+        raise ConfigError(f"boot: iPXE program name {name!r} cannot be served over TFTP") from None
 
 
 def _is_within(path: str, root: str) -> bool:
