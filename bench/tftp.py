@@ -20,6 +20,14 @@ Workloads (the clients are C programs):
 * N concurrent curl clients (``--concurrent``, 32) each fetching the 1 MiB file at blksize 1468;
   aggregate MB/s = N MiB / the wall time until the last one finished.
 
+Unless ``--no-probes``, two minimal Python servers run beside them as ceilings (``--probe``): every
+file prepared in memory as DATA packets, no timers, no retransmission, no checks, one ``recv`` and
+one ``send`` (or one GSO ``sendmsg`` per window) per ACK; ``py-blocking`` on a blocking socket, one
+transfer at a time, and ``py-asyncio`` on ``loop.add_reader`` as our server is. The gap between
+them is what the event loop costs per packet; the gap from ``py-asyncio`` to ours is what our own
+code costs. Server CPU per DATA packet comes from a cpuacct cgroup per server when cgroup v1 is
+mounted (tftpd-hpa's forked children included).
+
 MB = 10^6 bytes. Every client runs with a timeout (``--client-timeout``) and a failed or wrong
 transfer (checked by size, and by SHA-256 once per server and file in the unrecorded warm-up pass)
 counts as an error. Runs are interleaved: each workload runs on both servers in turn, the order
@@ -42,6 +50,7 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -60,6 +69,7 @@ ATFTP = shutil.which("atftp")
 IN_TFTPD = "/usr/sbin/in.tftpd"
 FILES = {"f1m": MiB, "f32m": 32 * MiB}
 LABELS = ("ours", "tftpd-hpa")
+PROBES = {"py-blocking": "blocking", "py-asyncio": "asyncio"}  # label -> --probe kind
 
 
 @dataclass(frozen=True)
@@ -248,6 +258,18 @@ def start_server(label: str, root: Path, log: Path) -> Iterator[Server]:
     port = free_udp_port()
     if label == "ours":
         command = [sys.executable, __file__, "--serve", str(root), "--port", str(port)]
+    elif label in PROBES:
+        kind = PROBES[label]
+        command = [
+            sys.executable,
+            __file__,
+            "--probe",
+            kind,
+            "--serve",
+            str(root),
+            "--port",
+            str(port),
+        ]
     else:
         command = [IN_TFTPD, "-L", "-a", f"127.0.0.1:{port}", "-u", "nobody", "-s", str(root)]
     with open(log, "ab") as out:
@@ -279,6 +301,122 @@ def serve(root: Path, port: int) -> None:
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+    asyncio.run(run())
+
+
+# --------------------------------------------------------------------------------------------
+# Ceiling probes: the least a Python server can do per packet
+
+
+def _probe_packets(root: Path) -> dict[tuple[bytes, int], tuple[memoryview, int]]:
+    """Every file as DATA packets laid end to end, per block size: (packets, block count)."""
+    prepared = {}
+    for name in FILES:
+        data = (root / name).read_bytes()
+        for block_size in (512, 1468):
+            segment = block_size + 4
+            count = len(data) // block_size + 1
+            buffer = bytearray(count * segment)
+            for block in range(1, count + 1):
+                chunk = data[(block - 1) * block_size : block * block_size]
+                at = (block - 1) * segment
+                buffer[at : at + 4] = struct.pack("!HH", 3, block & 0xFFFF)
+                buffer[at + 4 : at + 4 + len(chunk)] = chunk
+            end = (count - 1) * segment + 4 + len(data) - (count - 1) * block_size
+            prepared[(name.encode(), block_size)] = (memoryview(buffer)[:end], count)
+    return prepared
+
+
+class _ProbeTransfer:
+    """A transfer of the probe servers: no timers, no retransmission, no jail, no checks."""
+
+    def __init__(
+        self,
+        request: bytes,
+        client: tuple[str, int],
+        prepared: dict[tuple[bytes, int], tuple[memoryview, int]],
+    ) -> None:
+        fields = request[2:].split(b"\0")
+        options = dict(zip(fields[2::2], fields[3::2], strict=False))
+        self.block_size = int(options.get(b"blksize", b"512"))
+        self.window = int(options.get(b"windowsize", b"1"))
+        self.packets, self.count = prepared[(fields[0], self.block_size)]
+        self.segment = self.block_size + 4
+        self.gso = [(socket.SOL_UDP, 103, struct.pack("=H", self.segment))]  # UDP_SEGMENT
+        self.acked = -1  # the OACK is not acknowledged yet
+        self.ack = bytearray(16)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.connect(client)
+        granted = {b"blksize": self.block_size, b"windowsize": self.window}
+        self.sock.send(
+            b"\x00\x06"
+            + b"".join(
+                k + b"\0" + str(v).encode() + b"\0" for k, v in granted.items() if k in options
+            )
+        )
+
+    def on_ack(self) -> bool:
+        """Read one ACK and send the next window; False once the transfer is done."""
+        self.sock.recv_into(self.ack)
+        block = (self.ack[2] << 8) | self.ack[3]
+        self.acked = 0 if self.acked < 0 else self.acked + ((block - self.acked) & 0xFFFF)
+        if self.acked >= self.count:
+            self.sock.close()
+            return False
+        end = min(self.acked + self.window, self.count) * self.segment
+        burst = self.packets[self.acked * self.segment : end]
+        if len(burst) > self.segment:
+            self.sock.sendmsg([burst], self.gso)
+        else:
+            self.sock.send(burst)
+        return True
+
+
+def serve_probe(kind: str, root: Path, port: int) -> None:
+    """``--probe``: a minimal server, blocking (one transfer at a time) or on asyncio."""
+    import asyncio
+
+    prepared = _probe_packets(root)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", port))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+    def accept() -> _ProbeTransfer | None:
+        request, client = listener.recvfrom(600)
+        if request[:2] != b"\x00\x01":
+            return None
+        try:
+            return _ProbeTransfer(request, client, prepared)
+        except KeyError:
+            listener.sendto(b"\x00\x05\x00\x01not found\x00", client)
+            return None
+
+    if kind == "blocking":
+        while True:
+            transfer = accept()
+            while transfer is not None and transfer.on_ack():
+                pass
+        return
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_request() -> None:
+            transfer = accept()
+            if transfer is not None:
+                transfer.sock.setblocking(False)
+                loop.add_reader(transfer.sock.fileno(), on_readable, transfer)
+
+        def on_readable(transfer: _ProbeTransfer) -> None:
+            fd = transfer.sock.fileno()
+            if not transfer.on_ack():
+                loop.remove_reader(fd)
+
+        listener.setblocking(False)
+        loop.add_reader(listener.fileno(), on_request)
+        await loop.create_future()
 
     asyncio.run(run())
 
@@ -381,51 +519,62 @@ class Bench:
         self.args = args
         self.work = work_dir
         self.rows = workloads(args.concurrent)
+        self.labels = LABELS + (tuple(PROBES) if args.probes else ())
         self.cells: dict[tuple[str, str], Cell] = {
-            (row.key, label): Cell() for row in self.rows for label in LABELS
+            (row.key, label): Cell() for row in self.rows for label in self.labels
         }
+
+    def measured(self, row: Workload, label: str) -> bool:
+        # The probes serve one file per block size, and the blocking one one client at a time.
+        return label in LABELS or row.tool != "concurrent"
 
     def run(self) -> None:
         root = self.work / "root"
         digests = make_files(root)
         out = self.work / "out"
-        with (
-            start_server("ours", root, self.work / "ours.log") as ours,
-            start_server("tftpd-hpa", root, self.work / "tftpd.log") as theirs,
-        ):
-            servers = {"ours": ours, "tftpd-hpa": theirs}
-            for label, server in servers.items():
-                check_files(server.port, label, self.work, digests)
+        with contextlib.ExitStack() as stack:
+            servers = {
+                label: stack.enter_context(start_server(label, root, self.work / f"{label}.log"))
+                for label in self.labels
+            }
+            for label in LABELS:
+                check_files(servers[label].port, label, self.work, digests)
             for row in self.rows:  # unrecorded warm-up pass
-                for label in LABELS:
-                    run_once(servers[label].port, row, out, self.args.client_timeout)
+                for label in self.labels:
+                    if self.measured(row, label):
+                        run_once(servers[label].port, row, out, self.args.client_timeout)
             for run in range(self.args.runs):
-                order = LABELS if run % 2 == 0 else LABELS[::-1]
+                order = self.labels if run % 2 == 0 else self.labels[::-1]
                 for row in self.rows:
                     for label in order:
-                        server = servers[label]
-                        cpu_before = server.cpu.seconds()
-                        value = run_once(server.port, row, out, self.args.client_timeout)
-                        cpu_after = server.cpu.seconds()
-                        cell = self.cells[(row.key, label)]
-                        if value is None:
-                            cell.errors += 1
-                        else:
-                            cell.values.append(value)
-                            if cpu_before is not None and cpu_after is not None:
-                                packets = row.packets(self.args.concurrent)
-                                cell.cpu_per_packet.append(1e6 * (cpu_after - cpu_before) / packets)
-                        shown = "FAILED" if value is None else f"{value:8.1f} MB/s"
-                        print(f"run {run + 1} {row.key:18} {label:10} {shown}", flush=True)
+                        if self.measured(row, label):
+                            self.measure(servers[label], row, out, run)
+
+    def measure(self, server: Server, row: Workload, out: Path, run: int) -> None:
+        cpu_before = server.cpu.seconds()
+        value = run_once(server.port, row, out, self.args.client_timeout)
+        cpu_after = server.cpu.seconds()
+        cell = self.cells[(row.key, server.label)]
+        if value is None:
+            cell.errors += 1
+        else:
+            cell.values.append(value)
+            if cpu_before is not None and cpu_after is not None:
+                packets = row.packets(self.args.concurrent)
+                cell.cpu_per_packet.append(1e6 * (cpu_after - cpu_before) / packets)
+        shown = "FAILED" if value is None else f"{value:8.1f} MB/s"
+        print(f"run {run + 1} {row.key:18} {server.label:11} {shown}", flush=True)
 
     def ratio(self, key: str) -> float:
         return self.cells[(key, "ours")].median() / self.cells[(key, "tftpd-hpa")].median()
 
     def table(self) -> str:
+        probes = [label for label in self.labels if label in PROBES]
         lines = [
             "| Workload | ours MB/s | tftpd-hpa MB/s | ours / tftpd-hpa | goal "
-            "| server CPU µs/packet, ours / tftpd-hpa |",
-            "| --- | --- | --- | --- | --- | --- |",
+            "| server CPU µs/packet, ours / tftpd-hpa |"
+            + "".join(f" {label} MB/s |" for label in probes),
+            "| --- | --- | --- | --- | --- | --- |" + " --- |" * len(probes),
         ]
         for row in self.rows:
             ratio = self.ratio(row.key)
@@ -435,9 +584,13 @@ class Bench:
                 else f">= {row.goal:g}: " + ("met" if ratio >= row.goal else "NOT met")
             )
             ours, theirs = self.cells[(row.key, "ours")], self.cells[(row.key, "tftpd-hpa")]
+            extra = "".join(
+                f" {self.cells[(row.key, label)].text() if self.measured(row, label) else '-'} |"
+                for label in probes
+            )
             lines.append(
                 f"| {row.title} | {ours.text()} | {theirs.text()} | {ratio:.2f} | {goal} "
-                f"| {ours.cpu_text()} / {theirs.cpu_text()} |"
+                f"| {ours.cpu_text()} / {theirs.cpu_text()} |{extra}"
             )
         return "\n".join(lines)
 
@@ -506,6 +659,12 @@ ratio divides the medians. The clients and both servers share the machine's 2 vC
 TFTP is bound by round trips between two processes (research/baselines.md §1: about 35,000 per
 second between two Python processes), so those rows measure latency per packet, not bandwidth.
 
+Server CPU is the cpuacct time of each server's cgroup (tftpd-hpa's forked children included)
+over each measured run, divided by the DATA packets sent. The last two columns are ceilings, not
+competitors: minimal Python servers that serve the same files from memory with no timers, no
+retransmission and no checks, one on a blocking socket (one transfer at a time) and one on asyncio
+`loop.add_reader` as ours is (`bench/tftp.py --probe`); they skip the concurrent row.
+
 {bench.table()}
 
 <!-- Reproduce: {command} -->
@@ -520,17 +679,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--client-timeout", type=float, default=60.0, help="seconds before a client is killed"
     )
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default: /dev/shm)")
+    parser.add_argument(
+        "--probes",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure two minimal Python servers (blocking, asyncio): the ceilings",
+    )
     parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
     # internal: our server
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--probe", choices=sorted(PROBES.values()), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     if args.serve is not None:
-        serve(args.serve, args.port)
+        if args.probe is not None:
+            serve_probe(args.probe, args.serve, args.port)
+        else:
+            serve(args.serve, args.port)
         return
     missing = [
         name
