@@ -1,18 +1,19 @@
 """The asyncio shell of the TFTP server: the listening socket and one UDP socket per transfer.
 
-Requests arrive on the listening port (69). Each accepted read gets its own socket bound to an
-ephemeral port, its transfer ID (RFC 1350 §4), on the local address the request was sent to
-(``IP_PKTINFO``), so replies leave from the address the client talks to even on a multi-homed
-server. Packets to a transfer's port from any other address are answered with ERROR 5 and never
-reach the transfer.
+Requests arrive on the listening port (69). Each accepted read gets its own ephemeral port, its
+transfer ID (RFC 1350 §4), on the local address the request was sent to (``IP_PKTINFO``), so
+replies leave from the address the client talks to even on a multi-homed server. The port has two
+sockets: one connected to the client, which the kernel hands the client's datagrams (and which
+skips a route lookup per send), and an unconnected sibling that gets everything else sent to the
+port and answers it with ERROR 5, so strangers never reach the transfer.
 
-The sockets are driven with ``loop.add_reader`` and non-blocking ``recvfrom_into``/``sendmsg``
-rather than datagram transports: each ACK is read into the transfer's preallocated 1 KiB buffer
-(a transport allocates a fresh 256 KiB one per datagram), and a whole window goes out in one
+The sockets are driven with ``loop.add_reader`` and non-blocking ``recv_into``/``send`` rather
+than datagram transports: each ACK is read into the transfer's preallocated 1 KiB buffer (a
+transport allocates a fresh 256 KiB one per datagram), and a whole window goes out in one
 callback as bursts of the transfer's ring buffer, each one ``sendmsg`` with UDP GSO
-(``UDP_SEGMENT``) where the kernel and route allow it, else one ``sendto`` per datagram. Timers
-are lazy: a transfer keeps one ``call_at`` handle that, when it fires early because ACKs moved
-the deadline on, is re-armed at the new deadline, so the hot path never creates or cancels timer
+(``UDP_SEGMENT``) where the kernel and route allow it, else one ``send`` per datagram. Timers are
+lazy: a transfer keeps one ``call_at`` handle that, when it fires early because ACKs moved the
+deadline on, is re-armed at the new deadline, so the hot path never creates or cancels timer
 handles.
 
 Nothing a client sends can stop the service: bad datagrams are counted and dropped, and a
