@@ -176,7 +176,7 @@ class TftpSettings(_Section):
         ge=1,
         le=1024,
         description=(
-            "Largest windowsize granted (RFC 7440); a transfer's window is also kept within 1 MiB"
+            "Largest windowsize granted (RFC 7440); a transfer's window is also kept within 256 KiB"
         ),
     )
     timeout: float = Field(

@@ -63,7 +63,7 @@ transfer, which may overwrite it."""
 
 # A window is at most this big: windowsize is granted only as far as it fits (the client learns
 # the smaller value from the OACK), which bounds memory per transfer.
-MAX_WINDOW_BUFFER = 1 << 20
+MAX_WINDOW_BUFFER = 256 << 10
 # The block buffer holds whole windows up to about this much, read with one fill.
 READ_AHEAD_BYTES = 64 << 10
 # A burst is one GSO send: Linux takes at most 64 segments (UDP_MAX_SEGMENTS) and 64 KiB.
