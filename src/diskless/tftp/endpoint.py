@@ -434,7 +434,14 @@ class TftpService:
         seconds = round(time.monotonic() - transfer.started, 3)
         if machine.outcome is Outcome.COMPLETED:
             self.stats.transfers_completed += 1
-            _log.info("tftp sent", client=client[0], file=name, seconds=seconds)
+            _log.info(
+                "tftp sent",
+                client=client[0],
+                file=name,
+                origin=machine.origin,
+                bytes=machine.bytes_sent,
+                seconds=seconds,
+            )
             self._record(client[0], name)
         elif machine.outcome is Outcome.TIMED_OUT:
             self.stats.transfers_timed_out += 1

@@ -154,7 +154,7 @@ def open_transfer(
     if request.mode == Mode.NETASCII:
         source = NetasciiSource(source)
     negotiated = negotiate(request.options, source.size, limits)
-    return ReadTransfer(source, negotiated, retries=limits.retries, now=now)
+    return ReadTransfer(source, negotiated, retries=limits.retries, now=now, origin=served.origin)
 
 
 class Outcome(Enum):
@@ -175,9 +175,17 @@ class ReadTransfer:
     """
 
     def __init__(
-        self, source: BlockSource, negotiated: Negotiated, *, retries: int, now: float
+        self,
+        source: BlockSource,
+        negotiated: Negotiated,
+        *,
+        retries: int,
+        now: float,
+        origin: str = "",
     ) -> None:
         self.negotiated = negotiated
+        self.origin = origin
+        """Where the file came from (``virtual``, ``ipxe``, ``root``), for logs."""
         self.outcome = Outcome.ACTIVE
         self.finished = False
         self.reason = ""
