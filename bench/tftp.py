@@ -518,7 +518,9 @@ class Bench:
     def __init__(self, args: argparse.Namespace, work_dir: Path) -> None:
         self.args = args
         self.work = work_dir
-        self.rows = workloads(args.concurrent)
+        self.rows = [
+            row for row in workloads(args.concurrent) if not args.rows or row.key in args.rows
+        ]
         self.labels = LABELS + (tuple(PROBES) if args.probes else ())
         self.cells: dict[tuple[str, str], Cell] = {
             (row.key, label): Cell() for row in self.rows for label in self.labels
@@ -679,6 +681,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--client-timeout", type=float, default=60.0, help="seconds before a client is killed"
     )
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default: /dev/shm)")
+    parser.add_argument(
+        "--rows",
+        type=lambda text: {key for key in text.split(",") if key},
+        default=set(),
+        help="only these workload keys, comma-separated (e.g. atftp-32m,atftp-32m-ws8)",
+    )
     parser.add_argument(
         "--probes",
         action=argparse.BooleanOptionalAction,

@@ -341,6 +341,7 @@ class TftpService:
                 bursts = machine.on_packet(packet, now)
             if bursts:
                 self._send(transfer, bursts)
+                machine.read_ahead()
             if machine.finished:
                 break
         self._after_input(transfer)

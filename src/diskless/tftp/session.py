@@ -210,7 +210,7 @@ class ReadTransfer:
         ring = self._ring = window_size * windows
         segment = self.segment_size
         self._buffer = bytearray(segment * ring)
-        whole = memoryview(self._buffer)
+        whole = self._view = memoryview(self._buffer)
         self._slots = [whole[i * segment : (i + 1) * segment] for i in range(ring)]
         self._payloads = [view[DATA_HEADER_LENGTH:] for view in self._slots]
         self._burst_blocks = max(1, min(MAX_BURST_DATAGRAMS, MAX_BURST_BYTES // segment))
@@ -296,6 +296,18 @@ class ReadTransfer:
         self.retransmissions += self._sent_through - self._acked
         return self._send_window(now)
 
+    def read_ahead(self) -> None:
+        """Refill the ring's free slots once half of it is free; call after sending.
+
+        Optional: a window whose blocks are not read yet is read when it is sent. Called between
+        sends, while the client works through the last window, it keeps the file read off the
+        path from an ACK to the next window.
+        """
+        if self.finished or self._last_block or not self._started:
+            return
+        if self._acked + self._ring - self._filled >= max(1, self._ring // 2):
+            self._fill()
+
     def close(self) -> None:
         """Release the source; the transfer must not be used afterwards. Idempotent."""
         if not self._closed:
@@ -327,7 +339,7 @@ class ReadTransfer:
         if end == self._last_block:
             self.bytes_sent -= self._block_size - self._last_length
         bursts: list[Burst] = []
-        buffer = memoryview(self._buffer)
+        buffer = self._view
         block = first
         while block <= end:
             slot = (block - 1) % self._ring
