@@ -60,7 +60,8 @@ MacResolver = Callable[[str], bytes | None]
 # Python 3.11 does not export IP_PKTINFO; 8 is its value on Linux, the only platform served.
 _IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 _PKTINFO = struct.Struct("=i4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
-# Datagrams read per readiness callback, so one busy socket cannot starve the others.
+# Datagrams the listening and stranger sockets read per readiness callback, so one busy socket
+# cannot starve the others.
 _READ_BATCH = 64
 # A transfer's receive buffer: an ACK is 4 bytes, an ERROR well under this. A datagram that
 # fills the buffer is oversized and dropped.
@@ -309,41 +310,37 @@ class TftpService:
     # -- one transfer ---------------------------------------------------------------------------
 
     def _on_transfer_readable(self, transfer: _Transfer) -> None:
+        # One datagram per callback: a client sends one ACK per window and then waits, so trying
+        # for a second would nearly always cost a failed system call and an exception. The
+        # selector is level-triggered: anything still queued calls us again.
+        try:
+            count = transfer.sock.recv_into(transfer.receive_buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            # ECONNREFUSED: an ICMP port unreachable came back, the client is gone.
+            self._end(transfer, f"receive failed: {exc.strerror or exc}")
+            return
         loop = self._loop
         assert loop is not None
-        sock = transfer.sock
         buffer = transfer.receive_buffer
         machine = transfer.machine
-        now = loop.time()
-        # Drain what is queued: after sending, the next ACK is often already there, which saves
-        # a trip through the selector.
-        for _ in range(_READ_BATCH):
+        if 4 <= count < _RECEIVE_BUFFER and buffer[1] == _ACK_OPCODE and buffer[0] == 0:
+            # The one packet of the hot path, decoded without building an Ack.
+            bursts = machine.on_ack((buffer[2] << 8) | buffer[3], loop.time())
+        elif count >= _RECEIVE_BUFFER:
+            self.stats.packets_malformed += 1
+            return
+        else:
             try:
-                count = sock.recv_into(buffer)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                # ECONNREFUSED: an ICMP port unreachable came back, the client is gone.
-                self._end(transfer, f"receive failed: {exc.strerror or exc}")
-                return
-            if count >= _RECEIVE_BUFFER:
+                packet = parse_packet(memoryview(buffer)[:count])
+            except MalformedPacket:
                 self.stats.packets_malformed += 1
-                continue
-            if count >= 4 and buffer[0] == 0 and buffer[1] == _ACK_OPCODE:
-                # The one packet of the hot path, decoded without building an Ack.
-                bursts = machine.on_ack((buffer[2] << 8) | buffer[3], now)
-            else:
-                try:
-                    packet = parse_packet(memoryview(buffer)[:count])
-                except MalformedPacket:
-                    self.stats.packets_malformed += 1
-                    continue
-                bursts = machine.on_packet(packet, now)
-            if bursts:
-                self._send(transfer, bursts)
-                machine.read_ahead()
-            if machine.finished:
-                break
+                return
+            bursts = machine.on_packet(packet, loop.time())
+        if bursts:
+            self._send(transfer, bursts)
+            machine.read_ahead()
         self._after_input(transfer)
 
     def _on_stranger_readable(self, transfer: _Transfer) -> None:
