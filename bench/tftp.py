@@ -567,6 +567,24 @@ class Bench:
         shown = "FAILED" if value is None else f"{value:8.1f} MB/s"
         print(f"run {run + 1} {row.key:18} {server.label:11} {shown}", flush=True)
 
+    def summary(self) -> str:
+        """Per row: ours and each probe against tftpd-hpa, and ours against the asyncio probe."""
+        lines = []
+        for row in self.rows:
+            baseline = self.cells[(row.key, "tftpd-hpa")].median()
+            parts = [f"ours {self.ratio(row.key):.2f}"]
+            for label in self.labels:
+                if label in PROBES and self.measured(row, label):
+                    value = self.cells[(row.key, label)].median()
+                    parts.append(f"{label} {value / baseline:.2f}")
+            if "py-asyncio" in self.labels and self.measured(row, "py-asyncio"):
+                probe = self.cells[(row.key, "py-asyncio")].median()
+                parts.append(
+                    f"(ours / py-asyncio {self.cells[(row.key, 'ours')].median() / probe:.2f})"
+                )
+            lines.append(f"- {row.title}, against tftpd-hpa: " + ", ".join(parts))
+        return "\n".join(lines)
+
     def ratio(self, key: str) -> float:
         return self.cells[(key, "ours")].median() / self.cells[(key, "tftpd-hpa")].median()
 
@@ -667,6 +685,8 @@ competitors: minimal Python servers that serve the same files from memory with n
 retransmission and no checks, one on a blocking socket (one transfer at a time) and one on asyncio
 `loop.add_reader` as ours is (`bench/tftp.py --probe`); they skip the concurrent row.
 
+{bench.summary()}
+
 {bench.table()}
 
 <!-- Reproduce: {command} -->
@@ -725,6 +745,8 @@ def main(argv: list[str]) -> None:
     command = ".venv/bin/python bench/tftp.py " + " ".join(argv)
     print()
     print(bench.table())
+    print()
+    print(bench.summary())
     print(f"\n{notes}\ntotal {elapsed:.0f} s")
     if args.write_docs:
         text = render_docs(bench, command.strip(), notes, elapsed)
