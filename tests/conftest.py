@@ -1,8 +1,8 @@
 """Project-wide test configuration.
 
 In CI (``CI`` set) the interop tests must run, not skip: a missing external tool (qemu-img,
-libiscsi's initiators, tgt, curl) fails the session at once instead of silently skipping the
-tests that prove we interoperate. ``scripts/test`` installs all of them.
+libiscsi's initiators, tgt, curl, the TFTP clients) fails the session at once instead of
+silently skipping the tests that prove we interoperate. ``scripts/test`` installs all of them.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ REQUIRED_TOOLS = (
     "iscsi-ls",
     "tgtd",
     "tgtadm",
-    "curl",
+    "curl",  # TFTP clients the interop tests run
+    "atftp",
+    "tftp",
 )
 
 

@@ -160,12 +160,54 @@ class TftpSettings(_Section):
 
     enabled: bool = Field(default=True, description="Run the TFTP server")
     host: str = Field(default="0.0.0.0", description="Address to listen on")
-    port: int = Field(default=69, ge=1, le=65535, description="UDP port to listen on")
+    port: int = Field(
+        default=69, ge=0, le=65535, description="UDP port to listen on (0: any free port)"
+    )
     root: Path | None = Field(
         default=None,
         description=(
             "Extra files served besides the iPXE programs, jailed to this directory "
             "(default: <data_dir>/tftp)"
+        ),
+    )
+    max_block_size: int = Field(
+        default=65464,
+        ge=8,
+        le=65464,
+        description=(
+            "Largest blksize granted (RFC 2348, 8-65464); lower it to the path MTU minus 32 "
+            "(1468 on Ethernet) if a network drops IP fragments"
+        ),
+    )
+    max_window_size: int = Field(
+        default=64,
+        ge=1,
+        le=1024,
+        description=(
+            "Largest windowsize granted (RFC 7440); a transfer's window is also kept within 256 KiB"
+        ),
+    )
+    timeout: float = Field(
+        default=1.0,
+        gt=0,
+        le=255,
+        description=(
+            "Seconds before an unacknowledged window is first resent, when the client asks for "
+            "no timeout (RFC 2349); the wait doubles on each retry, up to 8 times this"
+        ),
+    )
+    retries: int = Field(
+        default=5,
+        ge=0,
+        le=100,
+        description="Retransmissions of one window before a silent client's transfer is dropped",
+    )
+    max_transfers: int = Field(
+        default=256,
+        ge=1,
+        description=(
+            "Transfers served at once; further requests are refused until one ends (each holds "
+            "two sockets and a file: keep it under a third of the open-file limit)"
         ),
     )
 

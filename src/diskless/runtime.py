@@ -33,6 +33,7 @@ from diskless.exports.plan import plan_exports
 from diskless.http.service import HttpBootService
 from diskless.observe.log import configure_logging, get_logger
 from diskless.storage.library import ImageLibrary
+from diskless.tftp.endpoint import TftpService
 
 __all__ = [
     "DataLayout",
@@ -112,6 +113,14 @@ class BootState:
     def machine_book(self) -> MachineBook:
         return self.machines
 
+    def mac_for_address(self, address: str) -> bytes | None:
+        """The MAC of the machine that reserved ``address`` (TFTP knows only the client's IP)."""
+        try:
+            machine = self.machines.by_ip(IPv4Address(address))
+        except ValueError:
+            return None
+        return None if machine is None else machine.mac
+
 
 def build_services(settings: Settings, layout: DataLayout) -> list[Service]:
     """The network services these settings enable, in start order.
@@ -141,6 +150,16 @@ def build_services(settings: Settings, layout: DataLayout) -> list[Service]:
                 machines=state.machine_book,
                 timeline=state.timeline,
                 site=functools.lru_cache(maxsize=64)(functools.partial(_site, settings)),
+            )
+        )
+    if settings.tftp.enabled:
+        services.append(
+            TftpService(
+                settings.tftp,
+                settings.boot,
+                settings.tftp.root or layout.root / "tftp",
+                timeline=state.timeline,
+                mac_for_address=state.mac_for_address,
             )
         )
     if settings.dhcp.interface is not None:

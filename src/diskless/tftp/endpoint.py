@@ -1,0 +1,495 @@
+"""The asyncio shell of the TFTP server: the listening socket and one UDP socket per transfer.
+
+Requests arrive on the listening port (69). Each accepted read gets its own ephemeral port, its
+transfer ID (RFC 1350 §4), on the local address the request was sent to (``IP_PKTINFO``), so
+replies leave from the address the client talks to even on a multi-homed server. The port has two
+sockets: one connected to the client, which the kernel hands the client's datagrams (and which
+skips a route lookup per send), and an unconnected sibling that gets everything else sent to the
+port and answers it with ERROR 5, so strangers never reach the transfer.
+
+The sockets are driven with ``loop.add_reader`` and non-blocking ``recv_into``/``send`` rather
+than datagram transports: each ACK is read into the transfer's preallocated 1 KiB buffer (a
+transport allocates a fresh 256 KiB one per datagram), and a whole window goes out in one
+callback as bursts of the transfer's ring buffer, each one ``sendmsg`` with UDP GSO
+(``UDP_SEGMENT``) where the kernel and route allow it, else one ``send`` per datagram. Timers are
+lazy: a transfer keeps one ``call_at`` handle that, when it fires early because ACKs moved the
+deadline on, is re-armed at the new deadline, so the hot path never creates or cancels timer
+handles.
+
+Nothing a client sends can stop the service: bad datagrams are counted and dropped, and a
+transfer whose socket fails is ended on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from diskless.boot.events import BootEvent, BootStage, BootTimeline
+from diskless.config import BootSettings, TftpSettings
+from diskless.errors import ConfigError
+from diskless.observe.log import get_logger
+
+from .codec import (
+    MAX_REQUEST_LENGTH,
+    ErrorCode,
+    MalformedPacket,
+    Opcode,
+    Request,
+    encode_error,
+    parse_packet,
+)
+from .files import ClientAddress, FileCatalog, FileRefused, VirtualFiles
+from .session import Burst, Outcome, ReadTransfer, TransferLimits, open_transfer
+from .stats import TftpStats
+
+__all__ = ["MacResolver", "TftpService"]
+
+_log = get_logger(__name__)
+
+MacResolver = Callable[[str], bytes | None]
+"""Maps a client's IP address to its MAC (e.g. from DHCP leases), or ``None`` if unknown."""
+
+# Python 3.11 does not export IP_PKTINFO; 8 is its value on Linux, the only platform served.
+_IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+_PKTINFO = struct.Struct("=i4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
+# Datagrams the listening and stranger sockets read per readiness callback, so one busy socket
+# cannot starve the others.
+_READ_BATCH = 64
+# A transfer's receive buffer: an ACK is 4 bytes, an ERROR well under this. A datagram that
+# fills the buffer is oversized and dropped.
+_RECEIVE_BUFFER = 1024
+_ACK_OPCODE = int(Opcode.ACK)
+_UNKNOWN_TID_ERROR = encode_error(ErrorCode.UNKNOWN_TRANSFER_ID, "unknown transfer ID")
+# UDP generic segmentation offload (Linux 4.18): a send of several equal datagrams end to end.
+# Python 3.11 does not export the constant.
+_UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
+_U16 = struct.Struct("=H")
+# What sendmsg fails with where GSO cannot be used.
+_NO_SEGMENTATION = frozenset({errno.EINVAL, errno.EIO, errno.EOPNOTSUPP, errno.ENOPROTOOPT})
+
+
+@dataclass(eq=False, slots=True)
+class _Transfer:
+    """One transfer's socket, client and timer around its sans-I/O :class:`ReadTransfer`."""
+
+    machine: ReadTransfer
+    sock: socket.socket
+    """Connected to the client: the kernel delivers it only the client's datagrams."""
+    strangers: socket.socket
+    """Bound to the same port, unconnected: gets every other datagram sent to the port."""
+    client: ClientAddress
+    request: Request
+    started: float
+    segmentation: list[tuple[int, int, bytes]] | None
+    """The ancillary data asking for UDP GSO in segments of one DATA datagram, or ``None`` once
+    the kernel refused it."""
+    receive_buffer: bytearray = field(default_factory=lambda: bytearray(_RECEIVE_BUFFER))
+    timer: asyncio.TimerHandle | None = None
+    timer_at: float = 0.0
+
+
+class TftpService:
+    """The read-only TFTP server, a :class:`diskless.runtime.Service` named ``tftp``.
+
+    Serves the configured iPXE programs from ``boot.ipxe_dir``, the files under ``root`` and the
+    ``virtual`` files (see :mod:`diskless.tftp.files`). A finished transfer is recorded in
+    ``timeline`` as :attr:`BootStage.TFTP_SENT` when ``mac_for_address`` knows the client's MAC
+    (TFTP itself never learns it); otherwise only the log line names the client.
+    """
+
+    name = "tftp"
+
+    def __init__(
+        self,
+        settings: TftpSettings,
+        boot: BootSettings,
+        root: Path,
+        timeline: BootTimeline | None = None,
+        virtual: VirtualFiles | None = None,
+        *,
+        mac_for_address: MacResolver | None = None,
+    ) -> None:
+        self._settings = settings
+        self._catalog = FileCatalog(
+            root=root,
+            ipxe_dir=boot.ipxe_dir,
+            loader_names=(
+                boot.bios_file,
+                boot.uefi_x64_file,
+                boot.uefi_ia32_file,
+                boot.uefi_arm64_file,
+            ),
+            virtual=virtual,
+        )
+        self._limits = TransferLimits(
+            max_block_size=settings.max_block_size,
+            max_window_size=settings.max_window_size,
+            timeout=settings.timeout,
+            retries=settings.retries,
+        )
+        self._timeline = timeline
+        self._mac_for_address = mac_for_address
+        self._listener: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._transfers: dict[ClientAddress, _Transfer] = {}
+        self.stats = TftpStats()
+        self.ready = asyncio.Event()
+        """Set once the listener is bound (``diskless serve`` announces "ready" after it)."""
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """The bound listening address once started (a port of 0 in the settings picks one)."""
+        if self._listener is None:
+            return None
+        host, port = self._listener.getsockname()[:2]
+        return str(host), int(port)
+
+    @property
+    def active_transfers(self) -> int:
+        return len(self._transfers)
+
+    async def start(self) -> tuple[str, int]:
+        """Bind the listening socket and start answering; returns the bound address.
+
+        Raises :class:`ConfigError` when the address cannot be bound (port 69 needs root or
+        ``CAP_NET_BIND_SERVICE``; another TFTP server may hold it).
+        """
+        if self._listener is not None:
+            raise RuntimeError("TFTP service already started")
+        loop = asyncio.get_running_loop()
+        host, port = self._settings.host, self._settings.port
+        listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            infos = await loop.getaddrinfo(
+                host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM
+            )
+            # No SO_REUSEADDR: on UDP it would let a second server (tftpd-hpa, dnsmasq) bind
+            # port 69 beside us and silently take half the requests.
+            listener.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
+            listener.bind(infos[0][4])
+            listener.setblocking(False)
+            loop.add_reader(listener.fileno(), self._on_request_readable)
+        except OSError as exc:
+            listener.close()
+            reason = exc.strerror or str(exc)
+            raise ConfigError(f"tftp: cannot listen on {host}:{port}: {reason}") from exc
+        except BaseException:
+            listener.close()
+            raise
+        self._loop = loop
+        self._listener = listener
+        address = self.address
+        assert address is not None
+        _log.info("tftp listening", host=address[0], port=address[1])
+        self.ready.set()
+        return address
+
+    async def run(self) -> None:
+        """Serve until cancelled, then close the listener and every transfer."""
+        try:
+            if self._listener is None:
+                await self.start()
+            await asyncio.get_running_loop().create_future()  # until cancelled
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop listening and end every transfer (their sockets and files are closed)."""
+        for transfer in list(self._transfers.values()):
+            self._end(transfer, "server stopping")
+        if self._listener is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+
+    # -- the listening port ---------------------------------------------------------------------
+
+    def _on_request_readable(self) -> None:
+        listener = self._listener
+        assert listener is not None
+        for _ in range(_READ_BATCH):
+            try:
+                data, ancillary, flags, address = listener.recvmsg(
+                    MAX_REQUEST_LENGTH + 1, socket.CMSG_SPACE(_PKTINFO.size)
+                )
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # An ICMP error queued on the socket, for instance: nothing to do with a request.
+                _log.debug("tftp listener receive error", error=str(exc))
+                continue
+            if flags & socket.MSG_TRUNC or len(data) > MAX_REQUEST_LENGTH:
+                self.stats.packets_malformed += 1
+                continue
+            self._handle_request(data, _local_address(ancillary, listener), address)
+
+    def _handle_request(self, data: bytes, local: str, client: ClientAddress) -> None:
+        try:
+            packet = parse_packet(data)
+        except MalformedPacket as exc:
+            self.stats.packets_malformed += 1
+            _log.debug("tftp malformed request", client=client[0], port=client[1], error=str(exc))
+            return
+        if not isinstance(packet, Request):
+            # ACKs and ERRORs belong on a transfer's port; answering them here could make two
+            # misconfigured servers bounce errors at each other.
+            self.stats.packets_ignored += 1
+            return
+        self.stats.requests += 1
+        running = self._transfers.get(client)
+        if running is not None:
+            if running.request == packet:
+                # A client that resent its request before our answer arrived: the running
+                # transfer's own retransmissions answer it (a second OACK would confuse it).
+                self.stats.duplicate_requests += 1
+                return
+            # A different request from the same port: the client gave up on the first one (for
+            # instance refused our OACK and asked again without options).
+            self._end(running, "superseded by a new request")
+        if len(self._transfers) >= self._settings.max_transfers:
+            self._refuse(client, ErrorCode.NOT_DEFINED, "server busy, try again later", packet)
+            return
+        loop = self._loop
+        assert loop is not None
+        try:
+            machine = open_transfer(packet, self._catalog, client, self._limits, loop.time())
+        except FileRefused as refusal:
+            self._refuse(client, refusal.code, refusal.message, packet)
+            return
+        except Exception:
+            # A bug, or a virtual file provider that failed: this request fails, not the server.
+            _log.exception("tftp request failed", client=client[0], file=packet.filename)
+            self._refuse(client, ErrorCode.NOT_DEFINED, "internal error", packet)
+            return
+        try:
+            sock, strangers = _transfer_sockets(local, client)
+        except OSError as exc:
+            machine.close()
+            _log.warning("tftp cannot open a transfer socket", error=str(exc))
+            self._refuse(client, ErrorCode.NOT_DEFINED, "server busy, try again later", packet)
+            return
+        segmentation = [(socket.SOL_UDP, _UDP_SEGMENT, _U16.pack(machine.segment_size))]
+        transfer = _Transfer(
+            machine, sock, strangers, client, packet, time.monotonic(), segmentation
+        )
+        self._transfers[client] = transfer
+        loop.add_reader(sock.fileno(), self._on_transfer_readable, transfer)
+        loop.add_reader(strangers.fileno(), self._on_stranger_readable, transfer)
+        _log.debug(
+            "tftp transfer starting",
+            client=client[0],
+            port=client[1],
+            file=packet.filename,
+            options=dict(machine.negotiated.acknowledged or {}),
+        )
+        self._send(transfer, machine.start(loop.time()))
+        self._after_input(transfer)
+
+    def _refuse(
+        self, client: ClientAddress, code: ErrorCode, message: str, request: Request
+    ) -> None:
+        self.stats.requests_refused += 1
+        _log.info(
+            "tftp request refused",
+            client=client[0],
+            file=request.filename,
+            code=int(code),
+            reason=message,
+        )
+        # Sent from the listening port: every client takes the first answer's port as our TID.
+        assert self._listener is not None
+        with contextlib.suppress(OSError):
+            self._listener.sendto(encode_error(code, message), client)
+
+    # -- one transfer ---------------------------------------------------------------------------
+
+    def _on_transfer_readable(self, transfer: _Transfer) -> None:
+        # One datagram per callback: a client sends one ACK per window and then waits, so trying
+        # for a second would nearly always cost a failed system call and an exception. The
+        # selector is level-triggered: anything still queued calls us again.
+        try:
+            count = transfer.sock.recv_into(transfer.receive_buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            # ECONNREFUSED: an ICMP port unreachable came back, the client is gone.
+            self._end(transfer, f"receive failed: {exc.strerror or exc}")
+            return
+        loop = self._loop
+        assert loop is not None
+        buffer = transfer.receive_buffer
+        machine = transfer.machine
+        if 4 <= count < _RECEIVE_BUFFER and buffer[1] == _ACK_OPCODE and buffer[0] == 0:
+            # The one packet of the hot path, decoded without building an Ack.
+            bursts = machine.on_ack((buffer[2] << 8) | buffer[3], loop.time())
+        elif count >= _RECEIVE_BUFFER:
+            self.stats.packets_malformed += 1
+            return
+        else:
+            try:
+                packet = parse_packet(memoryview(buffer)[:count])
+            except MalformedPacket:
+                self.stats.packets_malformed += 1
+                return
+            bursts = machine.on_packet(packet, loop.time())
+        if bursts:
+            self._send(transfer, bursts)
+            machine.read_ahead()
+        self._after_input(transfer)
+
+    def _on_stranger_readable(self, transfer: _Transfer) -> None:
+        buffer = transfer.receive_buffer
+        for _ in range(_READ_BATCH):
+            try:
+                count, address = transfer.strangers.recvfrom_into(buffer)
+            except OSError:  # EAGAIN, or an ICMP error about an earlier ERROR 5
+                return
+            self.stats.packets_unknown_tid += 1
+            # An ERROR is never answered with an ERROR (two servers could bounce them forever).
+            if count >= 2 and buffer[0] == 0 and buffer[1] == Opcode.ERROR:
+                continue
+            with contextlib.suppress(OSError):
+                transfer.strangers.sendto(_UNKNOWN_TID_ERROR, address)
+
+    def _send(self, transfer: _Transfer, bursts: list[Burst]) -> None:
+        sock = transfer.sock
+        for data, segment in bursts:
+            try:
+                if len(data) <= segment:
+                    sock.send(data)
+                elif transfer.segmentation is not None:
+                    # One system call for the whole burst: the kernel cuts it into datagrams.
+                    sock.sendmsg([data], transfer.segmentation)
+                else:
+                    for offset in range(0, len(data), segment):
+                        sock.send(data[offset : offset + segment])
+            except (BlockingIOError, InterruptedError):
+                # Socket buffer full: the rest of the window is lost like any dropped packet,
+                # and the client's ACK or our timer brings it back.
+                return
+            except OSError as exc:
+                if transfer.segmentation is not None and exc.errno in _NO_SEGMENTATION:
+                    # No UDP GSO on this kernel or route (a device without checksum offload,
+                    # a block bigger than the MTU): send datagram by datagram from now on.
+                    transfer.segmentation = None
+                    self._send(transfer, [(data, segment)])
+                    continue
+                self._end(transfer, f"send failed: {exc}")
+                return
+
+    def _after_input(self, transfer: _Transfer) -> None:
+        if transfer.machine.finished:
+            self._end(transfer)
+        else:
+            self._arm_timer(transfer)
+
+    def _arm_timer(self, transfer: _Transfer) -> None:
+        deadline = transfer.machine.deadline
+        if transfer.timer is not None:
+            if transfer.timer_at <= deadline:
+                return  # fires first; _on_timer re-arms it for the later deadline
+            transfer.timer.cancel()
+        loop = self._loop
+        assert loop is not None
+        transfer.timer = loop.call_at(deadline, self._on_timer, transfer)
+        transfer.timer_at = deadline
+
+    def _on_timer(self, transfer: _Transfer) -> None:
+        transfer.timer = None
+        if self._transfers.get(transfer.client) is not transfer:
+            return
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        if now >= transfer.machine.deadline:
+            self._send(transfer, transfer.machine.on_timer(now))
+        if self._transfers.get(transfer.client) is transfer:
+            self._after_input(transfer)
+
+    def _end(self, transfer: _Transfer, error: str = "") -> None:
+        """Release everything the transfer holds and account for how it ended. Idempotent."""
+        if self._transfers.get(transfer.client) is not transfer:
+            return
+        del self._transfers[transfer.client]
+        if transfer.timer is not None:
+            transfer.timer.cancel()
+            transfer.timer = None
+        for sock in (transfer.sock, transfer.strangers):
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
+        machine = transfer.machine
+        machine.close()
+        self.stats.bytes_sent += machine.bytes_sent
+        self.stats.retransmissions += machine.retransmissions
+        client, name = transfer.client, transfer.request.filename
+        seconds = round(time.monotonic() - transfer.started, 3)
+        if machine.outcome is Outcome.COMPLETED:
+            self.stats.transfers_completed += 1
+            _log.info(
+                "tftp sent",
+                client=client[0],
+                file=name,
+                origin=machine.origin,
+                bytes=machine.bytes_sent,
+                seconds=seconds,
+            )
+            self._record(client[0], name)
+        elif machine.outcome is Outcome.TIMED_OUT:
+            self.stats.transfers_timed_out += 1
+            _log.info("tftp transfer timed out", client=client[0], file=name, reason=machine.reason)
+        else:
+            self.stats.transfers_failed += 1
+            _log.info(
+                "tftp transfer failed", client=client[0], file=name, reason=error or machine.reason
+            )
+
+    def _record(self, address: str, name: str) -> None:
+        if self._timeline is None or self._mac_for_address is None:
+            return
+        mac = self._mac_for_address(address)
+        if mac is not None:
+            self._timeline.record(BootEvent(mac, BootStage.TFTP_SENT, time.time(), detail=name))
+
+
+def _local_address(ancillary: list[tuple[int, int, bytes]], listener: socket.socket) -> str:
+    """The address a request was sent to, from its IP_PKTINFO, else the listener's own."""
+    for level, kind, data in ancillary:
+        if level == socket.IPPROTO_IP and kind == _IP_PKTINFO and len(data) >= _PKTINFO.size:
+            _, local, _ = _PKTINFO.unpack_from(data)
+            return socket.inet_ntoa(local)
+    return str(listener.getsockname()[0])
+
+
+def _transfer_sockets(local: str, client: ClientAddress) -> tuple[socket.socket, socket.socket]:
+    """A fresh port on ``local``, as a socket connected to ``client`` and one that is not.
+
+    The connected socket saves a route lookup per datagram sent and hears of a vanished client
+    (ICMP port unreachable) at once; the kernel gives it the client's datagrams, the more specific
+    match, and everything else sent to the port goes to the unconnected one, which answers
+    ERROR 5 (RFC 1350 §4). The port is picked before SO_REUSEADDR is set, so it is one nobody
+    else holds; the option then only lets the second socket share it.
+    """
+    connected = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    strangers = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        connected.bind((local, 0))
+        for sock in (connected, strangers):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setblocking(False)
+        strangers.bind(connected.getsockname())
+        connected.connect(client)
+    except BaseException:
+        connected.close()
+        strangers.close()
+        raise
+    return connected, strangers
