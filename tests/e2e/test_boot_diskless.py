@@ -189,3 +189,32 @@ def test_a_committed_disk_becomes_a_version_others_boot_and_roll_back_from(
         assert rolled_back.read is not None
         assert rolled_back.read.startswith("boot-count=0 writer=build"), rolled_back.describe()
         _assert_timeline(stack.timeline(other.mac))
+
+
+@pytest.mark.timeout(900)
+def test_legacy_pxe_chain_fetches_undionly_over_our_tftp(tmp_path: Path) -> None:
+    require_e2e()
+    with boot_lab(tmp_path) as lab, DisklessStack(lab, golden_image(), [SEAT]) as stack:
+        result = boot(lab.lan, lab.tap, tmp_path / "legacy", VmConfig(Firmware.LEGACY_PXE))
+        _report("legacy PXE chain", result)
+        assert _marker(result)["writer"] == SEAT.initiator
+        stages = stack.timeline(SEAT.mac)
+        _assert_timeline(stages)
+        # Firmware stage: undionly.kpxe over TFTP, then iPXE's own DHCP gets the script.
+        assert "tftp-sent" in stages, stages
+        assert stages.index("tftp-sent") < stages.index("http-script"), stages
+        log = stack.log.read_text()
+        assert "undionly.kpxe" in log
+
+
+@pytest.mark.timeout(900)
+def test_uefi_pxe_fetches_ipxe_efi_over_our_tftp_and_boots_grub(tmp_path: Path) -> None:
+    require_e2e()
+    with boot_lab(tmp_path) as lab, DisklessStack(lab, golden_image(), [SEAT]) as stack:
+        result = boot(lab.lan, lab.tap, tmp_path / "uefi", VmConfig(Firmware.UEFI))
+        _report("UEFI PXE", result)
+        assert _marker(result)["writer"] == SEAT.initiator
+        stages = stack.timeline(SEAT.mac)
+        _assert_timeline(stages)
+        assert "tftp-sent" in stages, stages
+        assert "ipxe.efi" in stack.log.read_text()
