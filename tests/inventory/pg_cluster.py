@@ -24,9 +24,9 @@ def find_pg_bindir() -> Path | None:
     """The newest installed PostgreSQL's ``bin`` directory (Debian layout), or PATH's."""
     candidates = sorted(
         glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-        key=lambda path: int(Path(path).parent.parent.name)
-        if Path(path).parent.parent.name.isdigit()
-        else 0,
+        key=lambda path: (
+            int(Path(path).parent.parent.name) if Path(path).parent.parent.name.isdigit() else 0
+        ),
     )
     if candidates:
         return Path(candidates[-1]).parent
@@ -104,7 +104,14 @@ class PgCluster:
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():
             self._run(
-                "pg_ctl", "--pgdata", str(self.data), "--mode", "fast", "--wait", "stop", check=False
+                "pg_ctl",
+                "--pgdata",
+                str(self.data),
+                "--mode",
+                "fast",
+                "--wait",
+                "stop",
+                check=False,
             )
         shutil.rmtree(self.root, ignore_errors=True)
 

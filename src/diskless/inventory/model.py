@@ -83,12 +83,14 @@ class Base(DeclarativeBase):
 
 
 class StateRow(Base):
-    """One row: the change serial, bumped by every change that alters the machine snapshot."""
+    """One row: the change serial, bumped by every change that alters the machine snapshot, and
+    the site key that per-machine secrets are derived from (the same on every server)."""
 
     __tablename__ = "inventory_state"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     serial: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    site_key: Mapped[str] = mapped_column(String(64), nullable=False)
 
 
 class GroupRow(Base):

@@ -7,6 +7,8 @@ Create Date: 2026-11-22
 
 from __future__ import annotations
 
+import secrets
+
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
@@ -29,9 +31,11 @@ def upgrade() -> None:
         "inventory_state",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("serial", sa.BigInteger(), nullable=False),
+        sa.Column("site_key", sa.String(64), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_inventory_state")),
     )
-    op.bulk_insert(state, [{"id": 1, "serial": 1}])
+    # The site key never leaves the database: per-machine CHAP secrets are derived from it.
+    op.bulk_insert(state, [{"id": 1, "serial": 1, "site_key": secrets.token_hex(32)}])
 
     op.create_table(
         "groups",
