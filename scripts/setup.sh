@@ -18,7 +18,9 @@ APT_PACKAGES="qemu-utils ipxe"
 #   curl, atftp, tftp-hpa, tftpd-hpa: TFTP clients and the reference TFTP server.
 #   nginx-light, wrk: the reference HTTP server and load generator for benchmarks.
 #   iproute2: `ip netns` for the namespace labs.
-APT_TEST_PACKAGES="libiscsi-bin qemu-block-extra tgt udhcpc isc-dhcp-client dnsmasq-base kea-admin curl atftp tftp-hpa tftpd-hpa nginx-light wrk iproute2"
+#   postgresql: initdb/pg_ctl for the throwaway PostgreSQL cluster the inventory tests start
+#     (in a temporary directory, unix socket only; the package's own cluster is not used).
+APT_TEST_PACKAGES="libiscsi-bin qemu-block-extra tgt udhcpc isc-dhcp-client dnsmasq-base kea-admin curl atftp tftp-hpa tftpd-hpa nginx-light wrk iproute2 postgresql"
 
 # Python comes from the machine (Debian 12 ships 3.11); uv must never download one.
 export UV_PYTHON_DOWNLOADS=never

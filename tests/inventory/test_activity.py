@@ -8,9 +8,9 @@ from ipaddress import IPv4Address
 from typing import Any
 
 import pytest
-from conftest import START, Clock
 from sqlalchemy import event
 
+from conftest import START, Clock
 from diskless.boot.events import BootEvent, BootStage, BootTimeline
 from diskless.inventory import (
     Inventory,
@@ -121,9 +121,7 @@ def test_known_machines_are_not_discovered(inventory: Inventory) -> None:
 
 
 def test_the_discovered_list_is_bounded(database_url: str, clock: Clock) -> None:
-    inventory = Inventory.open(
-        database_url, clock=clock, retention=Retention(discovered_limit=3)
-    )
+    inventory = Inventory.open(database_url, clock=clock, retention=Retention(discovered_limit=3))
     try:
         for n in range(5):
             inventory.record_discovered([Sighting(bytes([0x52, 0, 0, 0, 0, n]), START + n)])
@@ -210,8 +208,10 @@ def test_boot_events_keep_the_newest_per_machine(database_url: str, clock: Clock
         other = bytes.fromhex("525400180099")
         for n in range(3):
             inventory.record_boot_events(
-                [BootEvent(KNOWN, BootStage.TFTP_SENT, START + 4 * n + k, str(4 * n + k))
-                 for k in range(4)]
+                [
+                    BootEvent(KNOWN, BootStage.TFTP_SENT, START + 4 * n + k, str(4 * n + k))
+                    for k in range(4)
+                ]
                 + [BootEvent(other, BootStage.TFTP_SENT, START + n, "other")]
             )
 

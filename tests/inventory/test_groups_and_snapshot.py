@@ -73,9 +73,7 @@ def test_machine_fields_override_the_group(inventory: Inventory) -> None:
     teacher = snapshot.book.by_mac(MAC1)
     assert teacher is not None
     assert teacher.boot == SanbootTarget(disk="teacher-disk")
-    assert snapshot.disks[MAC1] == DiskAssignment(
-        "teacher-disk", "win11", 8, DiskMode.PERSISTENT
-    )
+    assert snapshot.disks[MAC1] == DiskAssignment("teacher-disk", "win11", 8, DiskMode.PERSISTENT)
     # Another image than the group's: the group's pinned version does not apply to it.
     assert snapshot.disks[MAC2] == DiskAssignment("lab", "ubuntu", None, DiskMode.RESET_ON_BOOT)
 
@@ -115,8 +113,13 @@ def test_required_chap_derives_a_stable_secret_per_machine(inventory: Inventory)
     classroom(inventory, chap_policy="required")
     machine(inventory, MAC1, "seat-01", group="classroom")
     machine(inventory, MAC2, "seat-02", group="classroom")
-    machine(inventory, bytes.fromhex("525400180012"), "own", group="classroom",
-            chap_secret="my-own-secret-1")
+    machine(
+        inventory,
+        bytes.fromhex("525400180012"),
+        "own",
+        group="classroom",
+        chap_secret="my-own-secret-1",
+    )
 
     first = inventory.load_snapshot().book
     second = inventory.load_snapshot().book

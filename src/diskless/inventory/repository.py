@@ -850,12 +850,11 @@ class Inventory:
 
     def list_groups(self) -> list[GroupRecord]:
         with self.database.read() as session:
-            counts: dict[int | None, int] = {
-                group_id: count
-                for group_id, count in session.execute(
+            counts: dict[int | None, int] = dict(
+                session.execute(
                     select(MachineRow.group_id, func.count()).group_by(MachineRow.group_id)
-                )
-            }
+                ).all()
+            )
             rows = session.scalars(select(GroupRow).order_by(GroupRow.name)).all()
             return [_group_record(row, counts.get(row.id, 0)) for row in rows]
 
