@@ -10,6 +10,7 @@ from typing import TypeVar
 
 from conftest import START, PostgresServer
 from diskless.boot.events import BootEvent, BootStage
+from diskless.config import Settings
 from diskless.inventory import (
     Inventory,
     InventoryRecorder,
@@ -191,3 +192,21 @@ def test_sqlite_never_listens(tmp_path: Path) -> None:
         assert InventoryService(inventory).listen is False
     finally:
         inventory.close()
+
+
+def test_open_from_settings_uses_sqlite_under_the_data_dir(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    first = InventoryService.open(settings)
+    try:
+        first.inventory.create_machine(spec(MAC1, "seat-01"), actor="test")
+    finally:
+        first.inventory.close()
+
+    again = InventoryService.open(settings)  # a restart: migrations are a no-op, data stays
+    try:
+        assert (tmp_path / "data" / "state" / "inventory.sqlite3").is_file()
+        assert again.book().by_mac(MAC1) is not None
+        assert again.recorder is not None
+        assert again.listen is False
+    finally:
+        again.inventory.close()

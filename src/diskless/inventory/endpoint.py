@@ -29,7 +29,7 @@ from collections.abc import Callable
 import psycopg
 
 from diskless.boot.machines import MachineBook
-from diskless.config import InventorySettings
+from diskless.config import InventorySettings, Settings
 from diskless.observe.log import get_logger
 
 from .database import NOTIFY_CHANNEL
@@ -98,6 +98,22 @@ class InventoryService:
             recorder=recorder,
             poll_interval=settings.poll_interval,
             flush_interval=settings.flush_interval,
+        )
+
+    @classmethod
+    def open(cls, settings: Settings) -> InventoryService:
+        """Open (and migrate) the inventory ``settings`` name, load the first snapshot, and
+        return the service with a recorder (subscribe ``service.recorder`` to the timeline).
+
+        Blocking: call it while building the services, before the event loop serves anything,
+        so every service starts from the stored machines.
+        """
+        inventory = Inventory.from_settings(settings)
+        return cls.from_settings(
+            inventory,
+            settings.inventory,
+            snapshot=inventory.load_snapshot(),
+            recorder=InventoryRecorder(),
         )
 
     # -- what the other services read ----------------------------------------------------------
