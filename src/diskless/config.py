@@ -34,6 +34,7 @@ __all__ = [
     "BootSettings",
     "DhcpSettings",
     "HttpSettings",
+    "InventorySettings",
     "IscsiSettings",
     "LoggingSettings",
     "Settings",
@@ -261,6 +262,43 @@ class IscsiSettings(_Section):
         return self
 
 
+class InventorySettings(_Section):
+    """The inventory database: machines, groups, discovered MACs, boot events, tokens."""
+
+    database_url: str | None = Field(
+        default=None,
+        description=(
+            "SQLAlchemy URL of the inventory database, e.g. postgresql://diskless@db/diskless "
+            "when several boot servers share one; none: SQLite at <data_dir>/state/"
+            "inventory.sqlite3"
+        ),
+    )
+    poll_interval: float = Field(
+        default=5.0,
+        ge=0,
+        description=(
+            "Seconds between checks of the change serial, which catch changes a notification "
+            "missed (another process on SQLite); 0 turns polling off"
+        ),
+    )
+    flush_interval: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds between batched writes of boot events and discovered MACs",
+    )
+    boot_events_per_machine: int = Field(
+        default=200, ge=1, description="Boot events kept per MAC (the oldest are dropped)"
+    )
+    boot_event_days: int = Field(
+        default=30, ge=1, description="Days after which boot events are dropped"
+    )
+    discovered_limit: int = Field(
+        default=1000,
+        ge=1,
+        description="Discovered MACs kept waiting for approval (the least recently seen dropped)",
+    )
+
+
 class LoggingSettings(_Section):
     """What the server logs and how each line looks (all logs go to stderr)."""
 
@@ -290,6 +328,7 @@ class Settings(BaseSettings):
     tftp: TftpSettings = TftpSettings()
     http: HttpSettings = HttpSettings()
     iscsi: IscsiSettings = IscsiSettings()
+    inventory: InventorySettings = InventorySettings()
     logging: LoggingSettings = LoggingSettings()
 
     @classmethod
