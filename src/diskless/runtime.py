@@ -22,7 +22,7 @@ from typing import Protocol, Self
 
 from diskless import __version__
 from diskless.boot.events import BootEvent, BootTimeline
-from diskless.boot.machines import MachineBook, load_machine_book
+from diskless.boot.machines import Machine, MachineBook, load_machine_book
 from diskless.boot.policy import BootSite
 from diskless.boot.site import site_from_settings
 from diskless.config import Settings
@@ -30,7 +30,9 @@ from diskless.dhcp.endpoint import DhcpService
 from diskless.errors import ConfigError, DisklessError
 from diskless.exports.endpoint import IscsiService
 from diskless.exports.plan import plan_exports
+from diskless.http.once import ConsumedInMemory
 from diskless.http.service import HttpBootService
+from diskless.inventory.endpoint import InventoryService
 from diskless.observe.log import configure_logging, get_logger
 from diskless.storage.library import ImageLibrary
 from diskless.tftp.endpoint import TftpService
@@ -103,23 +105,57 @@ def prepare_data_dir(data_dir: Path) -> DataLayout:
     return layout
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BootState:
-    """What every boot service shares: the machine snapshot and the boot timeline."""
+    """What every boot service shares: where the machine snapshot comes from, and the timeline.
 
-    machines: MachineBook
+    With ``boot.machines_file`` set, the machines are that file, read once at start; otherwise
+    they come from the inventory database, and :attr:`inventory` keeps the snapshot current.
+    """
+
     timeline: BootTimeline
+    machines: MachineBook
+    inventory: InventoryService | None = None
 
     def machine_book(self) -> MachineBook:
+        if self.inventory is not None:
+            return self.inventory.book()
         return self.machines
 
     def mac_for_address(self, address: str) -> bytes | None:
         """The MAC of the machine that reserved ``address`` (TFTP knows only the client's IP)."""
         try:
-            machine = self.machines.by_ip(IPv4Address(address))
+            machine = self.machine_book().by_ip(IPv4Address(address))
         except ValueError:
             return None
         return None if machine is None else machine.mac
+
+    def consume_next_boot_once(self, machine: Machine) -> None:
+        """The HTTP plane served ``machine``'s override: forget it in the database too."""
+        inventory = self.inventory
+        if inventory is None:
+            return
+        task = asyncio.get_running_loop().create_task(
+            asyncio.to_thread(inventory.inventory.consume_next_boot_once, machine.mac)
+        )
+        task.add_done_callback(_log_consume_failure)
+
+
+def _log_consume_failure(task: asyncio.Task[object]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _log.error("next-boot-once not consumed in the inventory", error=str(task.exception()))
+
+
+def boot_state(settings: Settings) -> BootState:
+    """The machine source these settings name (the file, or the inventory database)."""
+    timeline = BootTimeline()
+    timeline.subscribe(_log_boot_event)
+    if settings.boot.machines_file is not None:
+        return BootState(timeline, load_machine_book(settings.boot.machines_file))
+    inventory = InventoryService.open(settings)
+    if inventory.recorder is not None:
+        timeline.subscribe(inventory.recorder)
+    return BootState(timeline, inventory.book(), inventory)
 
 
 def build_services(settings: Settings, layout: DataLayout) -> list[Service]:
@@ -128,19 +164,25 @@ def build_services(settings: Settings, layout: DataLayout) -> list[Service]:
     DHCP runs only when ``dhcp.interface`` names an interface. The iSCSI portal starts before DHCP,
     so the disks are exported before any machine is told to boot from them.
     """
-    state = BootState(load_machine_book(settings.boot.machines_file), BootTimeline())
-    state.timeline.subscribe(_log_boot_event)
+    state = boot_state(settings)
     services: list[Service] = []
+    if state.inventory is not None:
+        services.append(state.inventory)
     if settings.iscsi.enabled:
         library = ImageLibrary.from_settings(settings)
-        services.append(
-            IscsiService(
-                settings=settings,
-                disks=library.disks,
-                exports=plan_exports(state.machines, settings.boot.iqn_prefix),
-                timeline=state.timeline,
-            )
+        iscsi = IscsiService(
+            settings=settings,
+            disks=library.disks,
+            exports=plan_exports(state.machine_book(), settings.boot.iqn_prefix),
+            timeline=state.timeline,
         )
+        services.append(iscsi)
+        if state.inventory is not None:
+            state.inventory.subscribe(
+                lambda snapshot: iscsi.apply_exports(
+                    plan_exports(snapshot.book, settings.boot.iqn_prefix)
+                )
+            )
     if settings.http.enabled:
         services.append(
             HttpBootService(
@@ -149,6 +191,7 @@ def build_services(settings: Settings, layout: DataLayout) -> list[Service]:
                 root=settings.http.root or layout.root / "http",
                 machines=state.machine_book,
                 timeline=state.timeline,
+                next_boot_once=ConsumedInMemory(on_consumed=state.consume_next_boot_once),
                 site=functools.lru_cache(maxsize=64)(functools.partial(_site, settings)),
             )
         )
@@ -233,6 +276,10 @@ def serve(settings: Settings) -> int:
     except ExceptionGroup as group:
         _log_failures(group)
         return 1
+    finally:
+        for service in services:
+            if isinstance(service, InventoryService):
+                service.inventory.close()
     _log.info("diskless stopped")
     return 0
 

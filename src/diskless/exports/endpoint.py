@@ -105,6 +105,42 @@ class _Shard:
     def serves(self, mac: bytes) -> bool:
         return mac in self._served
 
+    def set_exports(self, exports: list[DiskExport]) -> None:
+        """Serve exactly ``exports`` from now on: open new disks, close the ones dropped.
+
+        An export whose identity changed (e.g. a new CHAP secret) is closed and opened again,
+        which ends its sessions; untouched exports and their sessions are left alone.
+        """
+        wanted = {export.target_name.casefold(): export for export in exports}
+        self._exports = list(exports)
+        for mac, group in list(self._served.items()):
+            kept = []
+            for served in group:
+                key = served.export.target_name.casefold()
+                if wanted.get(key) == served.export:
+                    kept.append(served)
+                    del wanted[key]
+                    continue
+                self._drop_sessions({key})
+                self._registry.remove(served.export.target_name)
+                self._by_target.pop(key, None)
+                self._close(served)
+                _log.info("disk no longer exported", disk=served.export.disk, target=key)
+            if kept:
+                self._served[mac] = kept
+            else:
+                del self._served[mac]
+        for export in wanted.values():
+            self._open(export, boot=True)
+
+    def _drop_sessions(self, names: set[str]) -> None:
+        if self._portal is None:
+            return
+        for session in self._portal.sessions.sessions():
+            if session.target_name is not None and session.target_name.casefold() in names:
+                self._portal.sessions.release(session)
+                session.close()
+
     def new_boot(self, mac: bytes) -> None:
         """The machine is starting over: its old sessions are dead, its boot begins now."""
         group = self._served.pop(mac, None)
@@ -112,11 +148,7 @@ class _Shard:
             if group is not None:
                 self._served[mac] = group
             return
-        names = {served.export.target_name.casefold() for served in group}
-        for session in self._portal.sessions.sessions():
-            if session.target_name is not None and session.target_name.casefold() in names:
-                self._portal.sessions.release(session)
-                session.close()
+        self._drop_sessions({served.export.target_name.casefold() for served in group})
         kept: list[_Served] = []
         for served in group:
             if served.handle.record.mode is DiskMode.RESET_ON_BOOT:
@@ -194,12 +226,14 @@ class IscsiService:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     addresses: Addresses = field(default_factory=list)
     """Where the portals listen, once ``ready`` is set."""
+    _shard: _Shard | None = None
+    _workers: list[tuple[BaseProcess, Connection]] = field(default_factory=list)
 
     async def run(self) -> None:
         if self.settings.iscsi.workers > 1:
             await self._run_workers()
             return
-        shard = _Shard(
+        shard = self._shard = _Shard(
             self.settings.iscsi.host,
             self.settings.iscsi.port,
             self.disks,
@@ -211,6 +245,17 @@ class IscsiService:
                 lambda event: shard.new_boot(event.mac) if event.stage in _BOOT_STAGES else None
             )
         await shard.run(self._on_ready)
+
+    def apply_exports(self, exports: list[DiskExport]) -> None:
+        """The machines changed: serve ``exports`` from now on (in whichever process owns each)."""
+        self.exports = list(exports)
+        if self._shard is not None:
+            self._shard.set_exports(self.exports)
+        count = len(self._workers)
+        for index, (_, connection) in enumerate(self._workers):
+            group = [e for e in self.exports if iscsi_shard(e.target_name, count) == index]
+            with contextlib.suppress(OSError, ValueError):
+                connection.send(("exports", group))
 
     def _on_ready(self, addresses: Addresses) -> None:
         self.addresses = addresses
@@ -229,9 +274,8 @@ class IscsiService:
             groups[iscsi_shard(export.target_name, count)].append(export)
         context = multiprocessing.get_context("spawn")
         loop = asyncio.get_running_loop()
-        workers: list[tuple[BaseProcess, Connection]] = []
+        workers = self._workers
         started: list[asyncio.Future[Addresses]] = []
-        owners: dict[bytes, list[int]] = {}
         try:
             for index, group in enumerate(groups):
                 parent_end, child_end = context.Pipe()
@@ -247,8 +291,6 @@ class IscsiService:
                 future: asyncio.Future[Addresses] = loop.create_future()
                 started.append(future)
                 loop.add_reader(parent_end.fileno(), self._from_worker, index, parent_end, future)
-                for export in group:
-                    owners.setdefault(export.mac, []).append(index)
             done, pending = await asyncio.wait(started, timeout=_WORKER_START_TIMEOUT)
             if pending:
                 raise DisklessError("iscsi: a worker process did not start in time")
@@ -256,8 +298,10 @@ class IscsiService:
 
             def forward(event: BootEvent) -> None:
                 if event.stage in _BOOT_STAGES:
-                    for index in owners.get(event.mac, ()):
-                        workers[index][1].send(("boot", event.mac))
+                    # Every worker is told: it ignores a MAC it does not serve, and the owner
+                    # of a machine added since the start is not in a table built then.
+                    for _, connection in workers:
+                        connection.send(("boot", event.mac))
 
             if self.timeline is not None:
                 self.timeline.subscribe(forward)
@@ -345,6 +389,8 @@ async def _worker(
             return
         if message[0] == "boot":
             shard.new_boot(message[1])
+        elif message[0] == "exports":
+            shard.set_exports(message[1])
         elif message[0] == "stop":
             stop.set()
 
