@@ -13,8 +13,11 @@ boots (a :data:`BootTarget`). Until the inventory database lands, machines come 
     [[machine]]
     mac = "52:54:00:18:00:11"
     hostname = "installer"
-    boot = { kind = "linux", kernel = "debian/linux", initrd = ["debian/initrd.gz"],
-             cmdline = "auto=true priority=critical url=http://198.18.0.1:8080/preseed.cfg" }
+    [machine.boot]
+    kind = "linux"
+    kernel = "debian/linux"
+    initrd = ["debian/initrd.gz"]
+    cmdline = "auto=true priority=critical url=http://198.18.0.1:8080/preseed.cfg"
 
 :class:`MachineBook` is the in-memory snapshot every service reads; a lookup is a dict access,
 never file or database I/O.

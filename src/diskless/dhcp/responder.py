@@ -361,7 +361,11 @@ class DhcpResponder:
         )
         plan = decide(machine, facts, self.site)
         if plan is not None and not plan.known:
-            self._record(message.chaddr, BootStage.DISCOVERED, now, "dhcp", known=False)
+            # Words the inventory's recorder reads into the discovered record.
+            detail = f"dhcp arch={facts.arch if facts.arch is not None else 0}"
+            if facts.vendor_class:
+                detail += f" vendor={facts.vendor_class.split()[0]}"
+            self._record(message.chaddr, BootStage.DISCOVERED, now, detail, known=False)
         return plan
 
     def _reply_base(self, message: DhcpMessage, yiaddr: bytes) -> DhcpMessage:
