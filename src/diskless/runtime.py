@@ -116,6 +116,7 @@ class BootState:
     timeline: BootTimeline
     machines: MachineBook
     inventory: InventoryService | None = None
+    dhcp: DhcpService | None = None
 
     def machine_book(self) -> MachineBook:
         if self.inventory is not None:
@@ -123,12 +124,14 @@ class BootState:
         return self.machines
 
     def mac_for_address(self, address: str) -> bytes | None:
-        """The MAC of the machine that reserved ``address`` (TFTP knows only the client's IP)."""
+        """The MAC behind ``address``: a reservation, else a DHCP lease (TFTP knows only the IP)."""
         try:
             machine = self.machine_book().by_ip(IPv4Address(address))
         except ValueError:
             return None
-        return None if machine is None else machine.mac
+        if machine is not None:
+            return machine.mac
+        return None if self.dhcp is None else self.dhcp.mac_for_address(address)
 
     def consume_next_boot_once(self, machine: Machine) -> None:
         """The HTTP plane served ``machine``'s override: forget it in the database too."""
@@ -206,15 +209,14 @@ def build_services(settings: Settings, layout: DataLayout) -> list[Service]:
             )
         )
     if settings.dhcp.interface is not None:
-        services.append(
-            DhcpService(
-                settings=settings.dhcp,
-                site=lambda server: _site(settings, server, settings.http.port),
-                machines=state.machine_book,
-                state_dir=layout.state,
-                timeline=state.timeline,
-            )
+        state.dhcp = DhcpService(
+            settings=settings.dhcp,
+            site=lambda server: _site(settings, server, settings.http.port),
+            machines=state.machine_book,
+            state_dir=layout.state,
+            timeline=state.timeline,
         )
+        services.append(state.dhcp)
     return services
 
 

@@ -387,3 +387,14 @@ def test_responder_never_raises_on_arbitrary_requests(
         assert parsed.xid == 1
         assert parsed.chaddr == mac
         assert answered >= 1
+
+
+def test_the_lease_table_names_who_holds_an_address() -> None:
+    responder = _full()
+    mac = parse_mac("020000000001")
+    ack = _dora(responder, mac)
+    assert responder.leases is not None
+    address = int.from_bytes(ack.yiaddr, "big")
+    assert responder.leases.holder(address, 1000.0) == mac
+    assert responder.leases.holder(address, 1000.0 + 601) is None  # expired
+    assert responder.leases.holder(address + 1, 1000.0) is None

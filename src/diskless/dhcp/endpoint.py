@@ -12,6 +12,7 @@ import asyncio
 import fcntl
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -104,6 +105,17 @@ class DhcpService:
     name: str = "dhcp"
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     stats: DhcpStats | None = None
+    _leases: LeaseTable | None = None
+
+    def mac_for_address(self, address: str) -> bytes | None:
+        """The MAC leasing ``address`` in full mode (TFTP and HTTP see only client addresses)."""
+        if self._leases is None:
+            return None
+        try:
+            number = int(IPv4Address(address))
+        except ValueError:
+            return None
+        return self._leases.holder(number, time.time())
 
     async def run(self) -> None:
         settings = self.settings
@@ -116,7 +128,7 @@ class DhcpService:
             if settings.subnet_mask is not None
             else own.network
         )
-        leases = self._lease_table(network) if settings.mode == "full" else None
+        leases = self._leases = self._lease_table(network) if settings.mode == "full" else None
         responder = DhcpResponder(
             config=DhcpConfig(
                 mode=settings.mode,

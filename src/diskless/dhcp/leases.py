@@ -75,6 +75,13 @@ class LeaseTable:
     def lease(self, mac: bytes) -> Lease | None:
         return self._by_mac.get(mac)
 
+    def holder(self, address: int, now: float) -> bytes | None:
+        """The MAC that holds ``address`` (offered or bound, not expired), if any."""
+        lease = self._by_address.get(address)
+        if lease is None or lease.expires <= now or len(lease.mac) != 6:
+            return None
+        return lease.mac
+
     def active_leases(self, now: float) -> list[Lease]:
         return [lease for lease in self._by_mac.values() if lease.bound and lease.expires > now]
 
