@@ -152,7 +152,10 @@ def _log_consume_failure(task: asyncio.Task[object]) -> None:
 def boot_state(settings: Settings) -> BootState:
     """The machine source these settings name (the file, or the inventory database)."""
     timeline = BootTimeline()
-    timeline.subscribe(_log_boot_event)
+    if settings.logging.level in ("debug", "info"):
+        # Subscribed only when the lines are written: formatting one costs more than a DHCP
+        # answer, and a filtered structlog call still builds its event.
+        timeline.subscribe(_log_boot_event)
     if settings.boot.machines_file is not None:
         return BootState(timeline, load_machine_book(settings.boot.machines_file))
     inventory = InventoryService.open(settings)

@@ -249,13 +249,16 @@ class DhcpResponder:
         plan = self._plan(message, machine, now)
         if plan is not None:
             options.extend(self._boot_options(message, plan, reply))
-            self._record(
-                message.chaddr,
-                BootStage.DHCP_OFFER if kind is MessageType.OFFER else BootStage.DHCP_ACK,
-                now,
-                f"{socket_address(address)} {plan.loader.file if plan.loader else '-'}",
-                known=plan.known,
-            )
+            if plan.known:
+                # An unknown client's steps are summed up by its one DISCOVERED event per
+                # request: a storm of strangers must not cost four timeline events per DORA.
+                self._record(
+                    message.chaddr,
+                    BootStage.DHCP_OFFER if kind is MessageType.OFFER else BootStage.DHCP_ACK,
+                    now,
+                    f"{socket_address(address)} {plan.loader.file if plan.loader else '-'}",
+                    known=True,
+                )
         return Reply(
             encode_message(reply, options, max_size=message.max_reply_size()),
             *self._destination(message),
@@ -343,7 +346,8 @@ class DhcpResponder:
             (Option.SERVER_ID, self._server_id),
         ]
         options.extend(self._boot_options(message, plan, reply, proxy=True))
-        self._record(message.chaddr, BootStage.PROXY_OFFER, now, plan.loader.file, known=plan.known)
+        if plan.known:
+            self._record(message.chaddr, BootStage.PROXY_OFFER, now, plan.loader.file, known=True)
         return Reply(
             encode_message(reply, options, max_size=message.max_reply_size()), *destination
         )
@@ -360,7 +364,7 @@ class DhcpResponder:
             vendor_class=message.text_option(Option.VENDOR_CLASS),
         )
         plan = decide(machine, facts, self.site)
-        if plan is not None and not plan.known:
+        if plan is not None and not plan.known and message.message_type is MessageType.DISCOVER:
             # Words the inventory's recorder reads into the discovered record.
             detail = f"dhcp arch={facts.arch if facts.arch is not None else 0}"
             if facts.vendor_class:
