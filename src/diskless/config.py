@@ -307,8 +307,7 @@ class ApiSettings(_Section):
     enabled: bool = Field(
         default=True,
         description=(
-            "Run the admin REST API (only with the inventory database, not with "
-            "boot.machines_file)"
+            "Run the admin REST API (only with the inventory database, not with boot.machines_file)"
         ),
     )
     host: str = Field(

@@ -36,7 +36,8 @@ def _inventory_fixtures() -> ModuleType:
     folder = Path(__file__).parents[1] / "inventory"
     sys.path.insert(0, str(folder))
     spec = importlib.util.spec_from_file_location("inventory_conftest", folder / "conftest.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)

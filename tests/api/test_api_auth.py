@@ -8,8 +8,8 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import RunningApi, start_api
 
+from conftest import RunningApi, start_api
 from diskless.api import ApiService, bootstrap_token
 from diskless.boot.events import BootTimeline
 from diskless.config import ApiSettings, Settings
@@ -65,7 +65,9 @@ def test_an_unknown_or_revoked_token_is_401(api: RunningApi) -> None:
 
 def test_a_read_only_token_reads_but_may_not_write(api: RunningApi) -> None:
     assert api.client().post("/machines", json=MACHINE).status_code == 201
-    reader = api.client(token=api.inventory.create_token("grafana", read_only=True, actor="t").token)
+    reader = api.client(
+        token=api.inventory.create_token("grafana", read_only=True, actor="t").token
+    )
 
     listed = reader.get("/machines")
     assert listed.status_code == 200
