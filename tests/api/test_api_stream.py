@@ -70,8 +70,12 @@ def test_metrics_parse_and_count(api: RunningApi) -> None:
     client.post("/machines", json={"mac": MAC, "hostname": "pc01"})
     api.refresh()
     for _ in range(3):
-        api.record(BootEvent(parse_mac(MAC), BootStage.HTTP_SCRIPT, time.time()))
+        api.record(BootEvent(parse_mac(MAC), BootStage.HTTP_SCRIPT, 1_800_000_000.0))
     api.client(token=None).get("/health")  # a round trip: the events above are recorded
+    deadline = time.monotonic() + 10
+    while client.get("/machines/pc01").json()["last_seen"] is None:  # stored in batches
+        assert time.monotonic() < deadline, "last_seen was never stored"
+        time.sleep(0.05)
 
     response = client.get("/metrics")
 
@@ -86,6 +90,8 @@ def test_metrics_parse_and_count(api: RunningApi) -> None:
     assert samples[("diskless_boot_events_total", (("stage", "iscsi-login"),))] == 0
     assert samples[("diskless_machines", ())] == 1
     assert samples[("diskless_discovered_macs", ())] == 0
+    seen = ("diskless_machine_last_seen_timestamp_seconds", (("hostname", "pc01"), ("mac", MAC)))
+    assert samples[seen] == 1_800_000_000.0
 
 
 def test_openapi_document_is_valid_and_tagged(api: RunningApi) -> None:

@@ -459,6 +459,13 @@ async def health(ctx: Ctx) -> HealthOut:
 async def metrics(ctx: Ctx) -> Response:
     found = await asyncio.to_thread(ctx.inventory.list_discovered)
     ctx.metrics.discovered.set(len(found))
+    known = await asyncio.to_thread(ctx.inventory.list_machines)
+    ctx.metrics.last_seen.clear()
+    for record in known:
+        if record.last_seen is not None:
+            ctx.metrics.last_seen.labels(record.mac, record.hostname).set(
+                record.last_seen.timestamp()
+            )
     ctx.metrics.machines.set(len(ctx.service.snapshot.book))
     ctx.metrics.event_clients.set(ctx.events.clients)
     return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

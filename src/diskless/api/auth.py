@@ -25,7 +25,7 @@ _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 bearer = HTTPBearer(
     auto_error=False,
     scheme_name="token",
-    description="An API token (`diskless api-token create`, or the bootstrap token)",
+    description="An API token (made with POST /tokens, or the bootstrap token)",
 )
 
 

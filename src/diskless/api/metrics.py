@@ -104,6 +104,12 @@ class ApiMetrics:
             "Unknown MACs that asked to boot, waiting for approval",
             registry=self.registry,
         )
+        self.last_seen = Gauge(
+            "diskless_machine_last_seen_timestamp_seconds",
+            "When each machine last did a boot step (Unix time)",
+            ["mac", "hostname"],
+            registry=self.registry,
+        )
         self.event_clients = Gauge(
             "diskless_api_event_clients",
             "Clients following the live boot events (GET /events)",
