@@ -35,8 +35,7 @@ def test_disk_create_reset_commit_rollback(api: RunningApi) -> None:
     add_golden(api.library, "debian", b"golden")
     client = api.client()
     client.post("/machines", json=PC01)
-    client.put("/machines/pc01/image", json={"image": "debian"})
-    api.refresh()
+    client.put("/machines/pc01/image", json={"image": "debian"})  # used at once, below
 
     assert client.get("/machines/pc01/disk").status_code == 404
     created = client.post("/machines/pc01/disk")

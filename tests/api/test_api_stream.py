@@ -63,6 +63,9 @@ def test_sse_delivers_events_recorded_on_the_timeline(api: RunningApi) -> None:
         "known": True,
     }
     assert second["stage"] == only["stage"] == "iscsi-login"
+    bad = api.client().get("/events", params={"mac": "nope"})
+    assert bad.status_code == 422
+    assert bad.json()["detail"][0]["loc"] == ["query", "mac"]
 
 
 def test_metrics_parse_and_count(api: RunningApi) -> None:

@@ -30,6 +30,7 @@ from diskless.inventory.records import (
     NewToken,
     TokenInfo,
 )
+from diskless.inventory.snapshot import DiskAssignment, InventorySnapshot
 from diskless.storage.disks import DiskMode
 
 from .auth import Caller, CallerDep, authorize
@@ -71,6 +72,7 @@ TAGS = [
 ]
 
 _MASK = "********"
+_SNAPSHOT_WAIT = 5.0
 
 
 class BootEventOut(BaseModel):
@@ -91,11 +93,11 @@ def _view(record: MachineRecord, caller: Caller) -> MachineRecord:
     return record
 
 
-def _mac_param(value: str) -> bytes:
+def _mac_param(value: str, location: str = "path") -> bytes:
     try:
         return parse_mac(value)
     except ValueError:
-        raise invalid("path", "mac", "must be a MAC address such as 52:54:00:18:00:10") from None
+        raise invalid(location, "mac", "must be a MAC address such as 52:54:00:18:00:10") from None
 
 
 # -- machines -----------------------------------------------------------------------------------
@@ -192,11 +194,26 @@ async def machine_boot_events(
 disks = APIRouter(prefix="/machines/{key}/disk", tags=["disks"])
 
 
-async def _disk_name(ctx: ApiContext, key: str) -> tuple[MachineRecord, str]:
-    """The machine and the name of the disk it boots (its sanboot disk, else its hostname)."""
+async def _current_snapshot(ctx: ApiContext) -> InventorySnapshot:
+    """The snapshot once the inventory service has loaded every change committed so far (it
+    reloads on each local commit); the one it has after a few seconds otherwise."""
+    serial = await asyncio.to_thread(ctx.inventory.serial)
+    deadline = asyncio.get_running_loop().time() + _SNAPSHOT_WAIT
+    while ctx.service.snapshot.serial < serial:
+        if asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.02)
+    return ctx.service.snapshot
+
+
+async def _disk_of(ctx: ApiContext, key: str) -> tuple[str, DiskAssignment | None]:
+    """The name of the disk the machine boots (its sanboot disk, else its hostname) and its
+    resolved assignment, from a snapshot at least as new as the database: a change just made
+    through the API (a new image, a new group) counts at once."""
     record = await asyncio.to_thread(ctx.inventory.get_machine, key)
-    assignment = ctx.service.snapshot.disks.get(record.mac_bytes)
-    return record, assignment.disk if assignment is not None else record.hostname
+    snapshot = await _current_snapshot(ctx)
+    assignment = snapshot.disks.get(record.mac_bytes)
+    return (assignment.disk if assignment is not None else record.hostname), assignment
 
 
 async def _disk_out(ctx: ApiContext, name: str) -> DiskOut:
@@ -205,7 +222,7 @@ async def _disk_out(ctx: ApiContext, name: str) -> DiskOut:
 
 @disks.get("", summary="The machine's disk: image, version, mode, overlay size")
 async def disk_info(ctx: Ctx, caller: CallerDep, key: str) -> DiskOut:
-    _, name = await _disk_name(ctx, key)
+    name, _ = await _disk_of(ctx, key)
     return await _disk_out(ctx, name)
 
 
@@ -213,9 +230,8 @@ async def disk_info(ctx: Ctx, caller: CallerDep, key: str) -> DiskOut:
 async def create_disk(
     ctx: Ctx, caller: CallerDep, key: str, body: DiskCreateBody | None = None
 ) -> DiskOut:
-    record, name = await _disk_name(ctx, key)
+    name, assignment = await _disk_of(ctx, key)
     body = body or DiskCreateBody()
-    assignment = ctx.service.snapshot.disks.get(record.mac_bytes)
     image = body.image or (assignment.image if assignment is not None else None)
     if image is None:
         raise invalid("body", "image", "the machine has no image: give one or assign one")
@@ -229,14 +245,14 @@ async def create_disk(
 
 @disks.post("/reset", summary="Throw away everything the machine wrote")
 async def reset_disk(ctx: Ctx, caller: CallerDep, key: str) -> DiskOut:
-    _, name = await _disk_name(ctx, key)
+    name, _ = await _disk_of(ctx, key)
     await asyncio.to_thread(ctx.library.disks.reset, name)
     return await _disk_out(ctx, name)
 
 
 @disks.post("/commit", summary="Make the disk's content the image's next version")
 async def commit_disk(ctx: Ctx, caller: CallerDep, key: str, body: CommitBody) -> CommitOut:
-    _, name = await _disk_name(ctx, key)
+    name, _ = await _disk_of(ctx, key)
     result = await asyncio.to_thread(
         ctx.library.disks.commit,
         name,
@@ -249,7 +265,7 @@ async def commit_disk(ctx: Ctx, caller: CallerDep, key: str, body: CommitBody) -
 
 @disks.post("/rollback", summary="Put the disk on another version (its writes are discarded)")
 async def rollback_disk(ctx: Ctx, caller: CallerDep, key: str, body: RollbackBody) -> DiskOut:
-    _, name = await _disk_name(ctx, key)
+    name, _ = await _disk_of(ctx, key)
     await asyncio.to_thread(ctx.library.disks.rollback, name, body.version, image=body.image)
     return await _disk_out(ctx, name)
 
@@ -367,7 +383,7 @@ async def live_events(
     caller: CallerDep,
     mac: Annotated[str | None, Query(description="Only this MAC's events")] = None,
 ) -> StreamingResponse:
-    only = _mac_param(mac) if mac is not None else None
+    only = _mac_param(mac, "query") if mac is not None else None
     return StreamingResponse(
         ctx.events.stream(only),
         media_type="text/event-stream",
