@@ -184,7 +184,7 @@ def test_diskless_serve_process_shuts_down_on_a_signal(
     config.write_text(
         'data_dir = "data"\n[iscsi]\nhost = "127.0.0.1"\nport = 0\n'
         '[http]\nhost = "127.0.0.1"\nport = 0\n[tftp]\nenabled = false\n'
-        '[logging]\nformat = "json"\n'
+        '[api]\nhost = "127.0.0.1"\nport = 0\n[logging]\nformat = "json"\n'
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISKLESS_")}
     process = subprocess.Popen(
@@ -211,6 +211,7 @@ def test_diskless_serve_process_shuts_down_on_a_signal(
         process.wait()
 
     assert any('"event": "iscsi listening"' in line for line in [*seen, rest])
+    assert any('"event": "api listening"' in line for line in seen)
     assert f'"signal": "{signum.name}"' in rest
     assert "diskless stopped" in rest
     assert (tmp_path / "data" / "images").is_dir()

@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -31,6 +32,7 @@ from pydantic_settings import (
 from diskless.errors import ConfigError
 
 __all__ = [
+    "ApiSettings",
     "BootSettings",
     "DhcpSettings",
     "HttpSettings",
@@ -299,6 +301,31 @@ class InventorySettings(_Section):
     )
 
 
+class ApiSettings(_Section):
+    """The admin REST API: its own listener, apart from the boot plane (docs/operations.md)."""
+
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "Run the admin REST API (only with the inventory database, not with boot.machines_file)"
+        ),
+    )
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address to listen on; keep it on loopback or an admin network",
+    )
+    port: int = Field(
+        default=8081, ge=0, le=65535, description="TCP port to listen on (0: any free port)"
+    )
+    token: SecretStr | None = Field(
+        default=None,
+        description=(
+            "API token the diskless command sends to the server; give it in the environment "
+            "(DISKLESS_API__TOKEN) rather than in the file"
+        ),
+    )
+
+
 class LoggingSettings(_Section):
     """What the server logs and how each line looks (all logs go to stderr)."""
 
@@ -329,6 +356,7 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     iscsi: IscsiSettings = IscsiSettings()
     inventory: InventorySettings = InventorySettings()
+    api: ApiSettings = ApiSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @classmethod

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Protocol, Self
 
 from diskless import __version__
+from diskless.api import ApiService, stats_from_services
 from diskless.boot.events import BootEvent, BootTimeline
 from diskless.boot.machines import Machine, MachineBook, load_machine_book
 from diskless.boot.policy import BootSite
@@ -168,14 +169,15 @@ def build_services(settings: Settings, layout: DataLayout) -> list[Service]:
     """The network services these settings enable, in start order.
 
     DHCP runs only when ``dhcp.interface`` names an interface. The iSCSI portal starts before DHCP,
-    so the disks are exported before any machine is told to boot from them.
+    so the disks are exported before any machine is told to boot from them. The admin API runs
+    when ``api.enabled`` and the machines come from the inventory (not a machines file).
     """
     state = boot_state(settings)
+    library = ImageLibrary.from_settings(settings)
     services: list[Service] = []
     if state.inventory is not None:
         services.append(state.inventory)
     if settings.iscsi.enabled:
-        library = ImageLibrary.from_settings(settings)
         iscsi = IscsiService(
             settings=settings,
             disks=library.disks,
@@ -220,6 +222,16 @@ def build_services(settings: Settings, layout: DataLayout) -> list[Service]:
             timeline=state.timeline,
         )
         services.append(state.dhcp)
+    if settings.api.enabled and state.inventory is not None:
+        services.append(
+            ApiService(
+                settings.api,
+                inventory=state.inventory,
+                timeline=state.timeline,
+                library=library,
+                stats=stats_from_services(list(services)),
+            )
+        )
     return services
 
 

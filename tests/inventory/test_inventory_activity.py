@@ -8,9 +8,9 @@ from ipaddress import IPv4Address
 from typing import Any
 
 import pytest
+from inventory_support import START, Clock
 from sqlalchemy import event
 
-from conftest import START, Clock
 from diskless.boot.events import BootEvent, BootStage, BootTimeline
 from diskless.inventory import (
     Inventory,

@@ -70,7 +70,8 @@ def test_serve_boots_machines_from_the_inventory_and_picks_up_new_ones(tmp_path:
     config.write_text(
         f'data_dir = "{data}"\n[inventory]\npoll_interval = 0.5\n'
         '[iscsi]\nhost = "127.0.0.1"\nport = 0\n[http]\nhost = "127.0.0.1"\nport = 0\n'
-        '[tftp]\nenabled = false\n[logging]\nformat = "json"\n',
+        '[tftp]\nenabled = false\n[api]\nhost = "127.0.0.1"\nport = 0\n'
+        '[logging]\nformat = "json"\n',
         encoding="utf-8",
     )
     log = tmp_path / "serve.log"

@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
-from conftest import START, PostgresServer
+from inventory_support import START, PostgresServer
+
 from diskless.boot.events import BootEvent, BootStage
 from diskless.config import Settings
 from diskless.inventory import (

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from inventory_support import Clock
 from sqlalchemy import select
 
-from conftest import Clock
 from diskless.inventory import (
     InvalidFieldError,
     Inventory,

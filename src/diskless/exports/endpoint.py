@@ -32,7 +32,7 @@ from diskless.boot.policy import iscsi_shard
 from diskless.config import Settings
 from diskless.errors import ConfigError, DisklessError
 from diskless.exports.plan import DiskExport
-from diskless.iscsi.endpoint import IscsiPortal
+from diskless.iscsi.endpoint import IscsiPortal, PortalStats
 from diskless.iscsi.login import LoginResult
 from diskless.iscsi.target import Target, TargetRegistry, disk_target
 from diskless.observe.log import configure_logging, get_logger
@@ -104,6 +104,15 @@ class _Shard:
 
     def serves(self, mac: bytes) -> bool:
         return mac in self._served
+
+    @property
+    def portal(self) -> IscsiPortal | None:
+        return self._portal
+
+    @property
+    def exported(self) -> int:
+        """How many disks are open and exported."""
+        return sum(len(group) for group in self._served.values())
 
     def set_exports(self, exports: list[DiskExport]) -> None:
         """Serve exactly ``exports`` from now on: open new disks, close the ones dropped.
@@ -256,6 +265,17 @@ class IscsiService:
             group = [e for e in self.exports if iscsi_shard(e.target_name, count) == index]
             with contextlib.suppress(OSError, ValueError):
                 connection.send(("exports", group))
+
+    def portal_stats(self) -> tuple[PortalStats, int, int] | None:
+        """The portal's counters, its open sessions and the disks exported, for metrics.
+
+        ``None`` before the portal starts, and with worker processes (each keeps its own).
+        """
+        shard = self._shard
+        portal = None if shard is None else shard.portal
+        if shard is None or portal is None:
+            return None
+        return portal.stats, len(portal.sessions.sessions()), shard.exported
 
     def _on_ready(self, addresses: Addresses) -> None:
         self.addresses = addresses
