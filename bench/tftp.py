@@ -69,7 +69,7 @@ ATFTP = shutil.which("atftp")
 IN_TFTPD = "/usr/sbin/in.tftpd"
 FILES = {"f1m": MiB, "f32m": 32 * MiB}
 LABELS = ("ours", "tftpd-hpa")
-PROBES = {"py-blocking": "blocking", "py-asyncio": "asyncio"}  # label -> --probe kind
+PROBES = {"py-blocking": "blocking", "py-epoll": "epoll", "py-asyncio": "asyncio"}  # label -> kind
 
 
 @dataclass(frozen=True)
@@ -399,6 +399,24 @@ def serve_probe(kind: str, root: Path, port: int) -> None:
             while transfer is not None and transfer.on_ack():
                 pass
         return
+
+    if kind == "epoll":
+        import select
+
+        poller = select.epoll()
+        listener_fd = listener.fileno()
+        poller.register(listener_fd, select.EPOLLIN)
+        transfers: dict[int, _ProbeTransfer] = {}
+        while True:
+            for fd, _ in poller.poll():
+                if fd == listener_fd:
+                    transfer = accept()
+                    if transfer is not None:
+                        transfer.sock.setblocking(False)
+                        transfers[transfer.sock.fileno()] = transfer
+                        poller.register(transfer.sock.fileno(), select.EPOLLIN)
+                elif not transfers[fd].on_ack():
+                    del transfers[fd]  # closed, which took it out of the epoll set
 
     async def run() -> None:
         loop = asyncio.get_running_loop()

@@ -118,12 +118,20 @@ class _Transfer:
     the kernel refused it."""
     fd: int = -1
     strangers_fd: int = -1
+    recv_into: Callable[[bytearray], int] = field(init=False)
+    """``sock.recv_into``, bound once: the hot path calls it per ACK."""
+    send: Callable[[bytes | memoryview], int] = field(init=False)
+    """``sock.send``, bound once."""
     receive_buffer: bytearray = field(default_factory=lambda: bytearray(_RECEIVE_BUFFER))
     timer_at: float | None = None
     """The deadline of the transfer's live heap entry, ``None`` when it has none."""
     timer_key: int = 0
     """The sequence number of the live heap entry; older entries are stale."""
     ended: bool = False
+
+    def __post_init__(self) -> None:
+        self.recv_into = self.sock.recv_into
+        self.send = self.sock.send
 
 
 class TftpService:
@@ -307,15 +315,23 @@ class TftpService:
         timers = self._timers
         monotonic = time.monotonic
         on_ack = self._on_transfer_readable
+        now = monotonic()
         while not self._stopping:
             timeout = -1.0
             if timers:
-                timeout = max(0.0, timers[0][0] - monotonic())
-            for fd, _ in poll(timeout, _MAX_EVENTS):
+                timeout = timers[0][0] - now
+                if timeout <= 0:
+                    self._fire_timers()
+                    now = monotonic()
+                    continue
+            events = poll(timeout, _MAX_EVENTS)
+            # One clock reading per wake-up: the handlers of this batch share it.
+            now = monotonic()
+            for fd, _ in events:
                 transfer = by_fd.get(fd)
                 try:
                     if transfer is not None:
-                        on_ack(transfer)
+                        on_ack(transfer, now)
                     elif fd == listener_fd:
                         self._on_request_readable(listener)
                     elif fd == wake_fd:
@@ -331,8 +347,6 @@ class TftpService:
                     _log.exception("tftp internal error", fd=fd)
                     if transfer is not None:
                         self._end(transfer, "internal error")
-            if timers and timers[0][0] <= monotonic():
-                self._fire_timers()
 
     def _fail(self, exc: BaseException) -> None:
         if self._failed is not None and not self._failed.done():
@@ -453,13 +467,13 @@ class TftpService:
 
     # -- one transfer ---------------------------------------------------------------------------
 
-    def _on_transfer_readable(self, transfer: _Transfer) -> None:
+    def _on_transfer_readable(self, transfer: _Transfer, now: float) -> None:
         # One datagram per wake-up: a client sends one ACK per window and then waits, so trying
         # for a second would nearly always cost a failed system call and an exception. epoll is
         # level-triggered: anything still queued wakes us again.
         buffer = transfer.receive_buffer
         try:
-            count = transfer.sock.recv_into(buffer)
+            count = transfer.recv_into(buffer)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -469,7 +483,7 @@ class TftpService:
         machine = transfer.machine
         if 4 <= count < _RECEIVE_BUFFER and buffer[1] == _ACK_OPCODE and buffer[0] == 0:
             # The one packet of the hot path, decoded without building an Ack.
-            bursts = machine.on_ack((buffer[2] << 8) | buffer[3], time.monotonic())
+            bursts = machine.on_ack((buffer[2] << 8) | buffer[3], now)
         elif count >= _RECEIVE_BUFFER:
             self.stats.packets_malformed += 1
             return
@@ -479,12 +493,13 @@ class TftpService:
             except MalformedPacket:
                 self.stats.packets_malformed += 1
                 return
-            bursts = machine.on_packet(packet, time.monotonic())
+            bursts = machine.on_packet(packet, now)
         if bursts:
-            if len(bursts) == 1 and len(bursts[0][0]) <= bursts[0][1]:
+            data, segment = bursts[0]
+            if len(data) <= segment and len(bursts) == 1:
                 # Lock-step: one datagram.
                 try:
-                    transfer.sock.send(bursts[0][0])
+                    transfer.send(data)
                 except (BlockingIOError, InterruptedError):
                     pass  # lost like any dropped packet: the timer brings it back
                 except OSError as exc:
