@@ -11,14 +11,16 @@ port and answers it with ERROR 5, so strangers never reach the transfer.
 one round trip per 1.4 KiB block, so what the server spends per datagram *is* its throughput, and
 an asyncio selector loop spends more per wake-up (the selector's key objects, a ``Handle`` per
 callback, the ready queue) than the whole of a transfer's own work. :class:`TftpService` therefore
-starts one thread that owns a ``select.epoll`` over the listener, every transfer's two sockets and
-an ``eventfd`` that wakes it to stop; it drives the sans-I/O :class:`ReadTransfer` machines and
-keeps their deadlines in a heap, whose earliest entry is the epoll timeout. Timers are lazy: a
-transfer has at most one live heap entry, and when it comes due before the transfer's (moved-on)
-deadline it is pushed again at the new one, so the hot path (ACK in, window out) never touches the
-heap. The thread never touches an asyncio object: the boot timeline and the MAC lookup run on the
-loop through ``call_soon_threadsafe``, and the counters (:class:`TftpStats`) and
-``active_transfers`` are plain values the thread writes and the loop reads.
+starts one thread that owns a ``select.epoll`` over the listener, every transfer's two sockets, an
+``eventfd`` that wakes it to stop and a ``timerfd`` alarm; it drives the sans-I/O
+:class:`ReadTransfer` machines and keeps their deadlines in a heap, whose earliest entry the alarm
+is set to. ``epoll_wait`` itself never gets a timeout, which would arm and cancel a kernel timer
+on every wait, once per datagram. Timers are lazy: a transfer has at most one live heap entry,
+and when it comes due before the transfer's (moved-on) deadline it is pushed again at the new
+one, so the hot path (ACK in, window out) touches neither the heap nor the alarm. The thread
+never touches an asyncio object: the boot timeline and the MAC lookup run on the loop through
+``call_soon_threadsafe``, and the counters (:class:`TftpStats`) and ``active_transfers`` are
+plain values the thread writes and the loop reads.
 
 A thread is acceptable in a process whose other services (HTTP, iSCSI front end, DHCP) share one
 event loop: TFTP carries only the iPXE programs, at the firmware stage of a boot (a few hundred
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import heapq
 import os
@@ -96,6 +99,62 @@ _UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
 _U16 = struct.Struct("=H")
 # What sendmsg fails with where GSO cannot be used.
 _NO_SEGMENTATION = frozenset({errno.EINVAL, errno.EIO, errno.EOPNOTSUPP, errno.ENOPROTOOPT})
+# timerfd (Linux 2.6.25): Python 3.11 has no binding, so libc's is called through ctypes.
+_CLOCK_MONOTONIC = 1  # the clock of time.monotonic() on Linux
+_TFD_NONBLOCK = os.O_NONBLOCK
+_TFD_CLOEXEC = os.O_CLOEXEC
+_TFD_TIMER_ABSTIME = 1
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+class _Alarm:
+    """A timerfd that becomes readable at one absolute ``time.monotonic()`` deadline.
+
+    The thread's epoll waits on it instead of passing a timeout to ``epoll_wait``: a timeout arms
+    and cancels a kernel timer on every wait, once per datagram on the hot path, while the alarm
+    is set only when the earliest deadline moves (lazy timers make that about once a second).
+    """
+
+    def __init__(self) -> None:
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        fd = self._libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC)
+        if fd < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+        self.fd: int = fd
+        self.at = float("inf")
+        """The deadline set, ``inf`` when none is."""
+        self._spec = _Itimerspec()
+
+    def set(self, at: float) -> None:
+        """Go off at ``at`` (monotonic seconds) instead of any earlier setting."""
+        seconds = int(at)
+        value = self._spec.it_value
+        value.tv_sec = seconds
+        # tv_nsec 0 with tv_sec 0 would disarm the timer: never ask for less than 1 ns.
+        value.tv_nsec = max(1, min(999_999_999, int((at - seconds) * 1e9)))
+        if self._libc.timerfd_settime(self.fd, _TFD_TIMER_ABSTIME, ctypes.byref(self._spec), None):
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+        self.at = at
+
+    def clear(self) -> None:
+        """Consume the expiry (the fd stays readable until then)."""
+        with contextlib.suppress(BlockingIOError):
+            os.read(self.fd, 8)
+        self.at = float("inf")
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 # How long close() waits for the thread (it stops within one wake-up unless a virtual file
 # provider hangs it).
 _STOP_TIMEOUT = 10.0
@@ -181,6 +240,7 @@ class TftpService:
         self._thread: threading.Thread | None = None
         self._epoll: select.epoll | None = None
         self._wake_fd = -1
+        self._alarm: _Alarm | None = None
         self._stopping = False
         self._failed: asyncio.Future[None] | None = None
         """Completed with the error if the thread dies of one; :meth:`run` waits on it."""
@@ -235,8 +295,11 @@ class TftpService:
             raise
         epoll = select.epoll()
         wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        alarm = _Alarm()
         epoll.register(listener.fileno(), select.EPOLLIN)
         epoll.register(wake_fd, select.EPOLLIN)
+        epoll.register(alarm.fd, select.EPOLLIN)
+        self._alarm = alarm
         self._loop = loop
         self._listener = listener
         self._epoll = epoll
@@ -284,6 +347,9 @@ class TftpService:
         if self._wake_fd >= 0:
             os.close(self._wake_fd)
             self._wake_fd = -1
+        if self._alarm is not None:
+            self._alarm.close()
+            self._alarm = None
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -305,26 +371,20 @@ class TftpService:
     def _serve_until_stopped(self) -> None:
         epoll = self._epoll
         listener = self._listener
+        alarm = self._alarm
         assert epoll is not None
         assert listener is not None
+        assert alarm is not None
+        alarm_fd = alarm.fd
         poll = epoll.poll
         listener_fd = listener.fileno()
         wake_fd = self._wake_fd
         by_fd = self._by_fd
         strangers_by_fd = self._strangers_by_fd
-        timers = self._timers
         monotonic = time.monotonic
         on_ack = self._on_transfer_readable
-        now = monotonic()
         while not self._stopping:
-            timeout = -1.0
-            if timers:
-                timeout = timers[0][0] - now
-                if timeout <= 0:
-                    self._fire_timers()
-                    now = monotonic()
-                    continue
-            events = poll(timeout, _MAX_EVENTS)
+            events = poll(-1.0, _MAX_EVENTS)  # no timeout: timers wake us through the alarm
             # One clock reading per wake-up: the handlers of this batch share it.
             now = monotonic()
             for fd, _ in events:
@@ -334,6 +394,9 @@ class TftpService:
                         on_ack(transfer, now)
                     elif fd == listener_fd:
                         self._on_request_readable(listener)
+                    elif fd == alarm_fd:
+                        alarm.clear()
+                        self._fire_timers()
                     elif fd == wake_fd:
                         with contextlib.suppress(BlockingIOError):
                             os.eventfd_read(wake_fd)
@@ -571,6 +634,9 @@ class TftpService:
         deadline = transfer.machine.deadline
         transfer.timer_at = deadline
         heapq.heappush(self._timers, (deadline, self._timer_keys, transfer.client))
+        alarm = self._alarm
+        if alarm is not None and deadline < alarm.at:
+            alarm.set(deadline)
 
     def _fire_timers(self) -> None:
         timers = self._timers
@@ -592,6 +658,10 @@ class TftpService:
                     self._end(transfer, "internal error")
                     continue
             self._after_input(transfer)
+        # The alarm was consumed: set it for what is left (_arm_timer above set it for new entries).
+        alarm = self._alarm
+        if timers and alarm is not None and timers[0][0] < alarm.at:
+            alarm.set(timers[0][0])
 
     def _end(self, transfer: _Transfer, error: str = "") -> None:
         """Release everything the transfer holds and account for how it ended. Idempotent.
