@@ -1,4 +1,4 @@
-"""TFTP server benchmark: our asyncio server against Debian's tftpd-hpa, with curl and atftp.
+"""TFTP server benchmark: our server against Debian's tftpd-hpa, with curl and atftp.
 
     .venv/bin/python bench/tftp.py [--runs 3] [--concurrent 32] [--write-docs]
 
@@ -20,13 +20,14 @@ Workloads (the clients are C programs):
 * N concurrent curl clients (``--concurrent``, 32) each fetching the 1 MiB file at blksize 1468;
   aggregate MB/s = N MiB / the wall time until the last one finished.
 
-Unless ``--no-probes``, two minimal Python servers run beside them as ceilings (``--probe``): every
-file prepared in memory as DATA packets, no timers, no retransmission, no checks, one ``recv`` and
-one ``send`` (or one GSO ``sendmsg`` per window) per ACK; ``py-blocking`` on a blocking socket, one
-transfer at a time, and ``py-asyncio`` on ``loop.add_reader`` as our server is. The gap between
-them is what the event loop costs per packet; the gap from ``py-asyncio`` to ours is what our own
-code costs. Server CPU per DATA packet comes from a cpuacct cgroup per server when cgroup v1 is
-mounted (tftpd-hpa's forked children included).
+Unless ``--no-probes``, three minimal Python servers run beside them as ceilings (``--probe``):
+every file prepared in memory as DATA packets, no timers, no retransmission, no checks, one
+``recv`` and one ``send`` (or one GSO ``sendmsg`` per window) per ACK; ``py-blocking`` on a
+blocking socket, one transfer at a time, ``py-epoll`` on a ``select.epoll`` loop as our server's
+thread is, and ``py-asyncio`` on ``loop.add_reader`` (our server before its data path moved to a
+thread). The gaps between them are what each kind of loop costs per packet; the gap from
+``py-epoll`` to ours is what our own code costs. Server CPU per DATA packet comes from a cpuacct
+cgroup per server when cgroup v1 is mounted (tftpd-hpa's forked children included).
 
 MB = 10^6 bytes. Every client runs with a timeout (``--client-timeout``) and a failed or wrong
 transfer (checked by size, and by SHA-256 once per server and file in the unrecorded warm-up pass)
@@ -69,7 +70,7 @@ ATFTP = shutil.which("atftp")
 IN_TFTPD = "/usr/sbin/in.tftpd"
 FILES = {"f1m": MiB, "f32m": 32 * MiB}
 LABELS = ("ours", "tftpd-hpa")
-PROBES = {"py-blocking": "blocking", "py-asyncio": "asyncio"}  # label -> --probe kind
+PROBES = {"py-blocking": "blocking", "py-epoll": "epoll", "py-asyncio": "asyncio"}  # label -> kind
 
 
 @dataclass(frozen=True)
@@ -375,7 +376,7 @@ class _ProbeTransfer:
 
 
 def serve_probe(kind: str, root: Path, port: int) -> None:
-    """``--probe``: a minimal server, blocking (one transfer at a time) or on asyncio."""
+    """``--probe``: a minimal server, blocking (one transfer at a time), on epoll or on asyncio."""
     import asyncio
 
     prepared = _probe_packets(root)
@@ -399,6 +400,24 @@ def serve_probe(kind: str, root: Path, port: int) -> None:
             while transfer is not None and transfer.on_ack():
                 pass
         return
+
+    if kind == "epoll":
+        import select
+
+        poller = select.epoll()
+        listener_fd = listener.fileno()
+        poller.register(listener_fd, select.EPOLLIN)
+        transfers: dict[int, _ProbeTransfer] = {}
+        while True:
+            for fd, _ in poller.poll():
+                if fd == listener_fd:
+                    transfer = accept()
+                    if transfer is not None:
+                        transfer.sock.setblocking(False)
+                        transfers[transfer.sock.fileno()] = transfer
+                        poller.register(transfer.sock.fileno(), select.EPOLLIN)
+                elif not transfers[fd].on_ack():
+                    del transfers[fd]  # closed, which took it out of the epoll set
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
@@ -577,10 +596,10 @@ class Bench:
                 if label in PROBES and self.measured(row, label):
                     value = self.cells[(row.key, label)].median()
                     parts.append(f"{label} {value / baseline:.2f}")
-            if "py-asyncio" in self.labels and self.measured(row, "py-asyncio"):
-                probe = self.cells[(row.key, "py-asyncio")].median()
+            if "py-epoll" in self.labels and self.measured(row, "py-epoll"):
+                probe = self.cells[(row.key, "py-epoll")].median()
                 parts.append(
-                    f"(ours / py-asyncio {self.cells[(row.key, 'ours')].median() / probe:.2f})"
+                    f"(ours / py-epoll {self.cells[(row.key, 'ours')].median() / probe:.2f})"
                 )
             lines.append(f"- {row.title}, against tftpd-hpa: " + ", ".join(parts))
         return "\n".join(lines)
@@ -679,11 +698,13 @@ ratio divides the medians. The clients and both servers share the machine's 2 vC
 TFTP is bound by round trips between two processes (research/baselines.md §1: about 35,000 per
 second between two Python processes), so those rows measure latency per packet, not bandwidth.
 
-Server CPU is the cpuacct time of each server's cgroup (tftpd-hpa's forked children included)
-over each measured run, divided by the DATA packets sent. The last two columns are ceilings, not
-competitors: minimal Python servers that serve the same files from memory with no timers, no
-retransmission and no checks, one on a blocking socket (one transfer at a time) and one on asyncio
-`loop.add_reader` as ours is (`bench/tftp.py --probe`); they skip the concurrent row.
+Our service runs its data path in a thread of its own on a `select.epoll` loop (the asyncio loop
+only starts and stops it). Server CPU is the cpuacct time of each server's cgroup (tftpd-hpa's
+forked children included) over each measured run, divided by the DATA packets sent. The last
+three columns are ceilings, not competitors: minimal Python servers that serve the same files from
+memory with no timers, no retransmission and no checks, one on a blocking socket (one transfer at
+a time), one on a `select.epoll` loop as ours is, and one on asyncio `loop.add_reader`
+(`bench/tftp.py --probe`); they skip the concurrent row.
 
 {bench.summary()}
 
@@ -711,7 +732,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--probes",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="also measure two minimal Python servers (blocking, asyncio): the ceilings",
+        help="also measure three minimal Python servers (blocking, epoll, asyncio): the ceilings",
     )
     parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
     # internal: our server

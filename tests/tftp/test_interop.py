@@ -16,6 +16,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -391,6 +392,46 @@ def test_a_client_that_stops_acking_is_timed_out_and_cleaned_up(root: Path) -> N
         assert again == oack
         with pytest.raises(socket.timeout):
             client.receive(timeout=0.1)
+
+
+def _tftp_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "tftp"]
+
+
+def test_stopping_the_service_stops_its_thread_and_closes_every_transfer(root: Path) -> None:
+    fds_before = _open_fds()
+    threads_before = _tftp_threads()
+    with tftp_in_thread(root) as running, RawClient(running.port) as client:
+        client.send(encode_request(Opcode.READ_REQUEST, "f1m", Mode.OCTET, {"blksize": "1468"}))
+        client.receive()  # the OACK: the transfer holds its sockets and file, never acknowledged
+        assert running.on_loop(lambda: running.service.active_transfers) == 1
+        assert len(_tftp_threads()) == len(threads_before) + 1
+        service = running.service
+
+    # The client's socket is closed too: everything the test opened is gone again.
+    assert _open_fds() == fds_before
+    assert _tftp_threads() == threads_before
+    assert service.active_transfers == 0
+    assert service.stats.transfers_failed == 1  # "server stopping"
+    assert service.address is None
+
+
+def test_a_dead_thread_fails_the_service_instead_of_hanging(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: TftpService) -> None:
+        raise RuntimeError("broken loop")
+
+    monkeypatch.setattr(TftpService, "_serve_until_stopped", broken)
+    settings = TftpSettings(host="127.0.0.1").model_copy(update={"port": 0})
+    service = TftpService(settings, BootSettings(ipxe_dir=IPXE_DIR), root)
+
+    async def run() -> None:
+        await asyncio.wait_for(service.run(), 5)
+
+    with pytest.raises(RuntimeError, match="broken loop"):
+        asyncio.run(run())
+    assert service.address is None
 
 
 def test_too_many_transfers_are_refused_with_busy(root: Path) -> None:

@@ -8,7 +8,8 @@ Layers, bottom up; everything but the endpoint is sans-I/O:
 * ``session``: option negotiation and :class:`ReadTransfer`, one transfer's state machine
   (windows, rollover, retransmission, the end of a transfer).
 * ``stats``: the server's counters.
-* ``endpoint``: :class:`TftpService`, the asyncio shell with one UDP port per transfer.
+* ``endpoint``: :class:`TftpService`, the I/O shell with one UDP port per transfer, served by one
+  thread on ``select.epoll`` off the asyncio loop.
 """
 
 from .codec import (

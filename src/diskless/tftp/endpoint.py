@@ -1,4 +1,4 @@
-"""The asyncio shell of the TFTP server: the listening socket and one UDP socket per transfer.
+"""The I/O shell of the TFTP server: the listening socket, one UDP port per transfer, one thread.
 
 Requests arrive on the listening port (69). Each accepted read gets its own ephemeral port, its
 transfer ID (RFC 1350 §4), on the local address the request was sent to (``IP_PKTINFO``), so
@@ -7,26 +7,48 @@ sockets: one connected to the client, which the kernel hands the client's datagr
 skips a route lookup per send), and an unconnected sibling that gets everything else sent to the
 port and answers it with ERROR 5, so strangers never reach the transfer.
 
-The sockets are driven with ``loop.add_reader`` and non-blocking ``recv_into``/``send`` rather
-than datagram transports: each ACK is read into the transfer's preallocated 1 KiB buffer (a
-transport allocates a fresh 256 KiB one per datagram), and a whole window goes out in one
-callback as bursts of the transfer's ring buffer, each one ``sendmsg`` with UDP GSO
-(``UDP_SEGMENT``) where the kernel and route allow it, else one ``send`` per datagram. Timers are
-lazy: a transfer keeps one ``call_at`` handle that, when it fires early because ACKs moved the
-deadline on, is re-armed at the new deadline, so the hot path never creates or cancels timer
-handles.
+**The data path runs in a thread of its own, not on the asyncio loop.** A lock-step transfer is
+one round trip per 1.4 KiB block, so what the server spends per datagram *is* its throughput, and
+an asyncio selector loop spends more per wake-up (the selector's key objects, a ``Handle`` per
+callback, the ready queue) than the whole of a transfer's own work. :class:`TftpService` therefore
+starts one thread that owns a ``select.epoll`` over the listener, every transfer's two sockets, an
+``eventfd`` that wakes it to stop and a ``timerfd`` alarm; it drives the sans-I/O
+:class:`ReadTransfer` machines and keeps their deadlines in a heap, whose earliest entry the alarm
+is set to. ``epoll_wait`` itself never gets a timeout, which would arm and cancel a kernel timer
+on every wait, once per datagram. Timers are lazy: a transfer has at most one live heap entry,
+and when it comes due before the transfer's (moved-on) deadline it is pushed again at the new
+one, so the hot path (ACK in, window out) touches neither the heap nor the alarm. The thread
+never touches an asyncio object: the boot timeline and the MAC lookup run on the loop through
+``call_soon_threadsafe``, and the counters (:class:`TftpStats`) and ``active_transfers`` are
+plain values the thread writes and the loop reads.
 
-Nothing a client sends can stop the service: bad datagrams are counted and dropped, and a
-transfer whose socket fails is ended on its own.
+A thread is acceptable in a process whose other services (HTTP, iSCSI front end, DHCP) share one
+event loop: TFTP carries only the iPXE programs, at the firmware stage of a boot (a few hundred
+KiB to a few MiB per machine), and between datagrams the thread sits in ``epoll_wait`` with the
+GIL released, so it costs the loop nothing while idle and never spins. While both are busy they
+take turns on the GIL like any two Python threads.
+
+Each ACK is read into the transfer's preallocated 1 KiB buffer with ``recv_into`` on the
+connected socket, and a whole window goes out as bursts of the transfer's ring buffer, each one
+``sendmsg`` with UDP GSO (``UDP_SEGMENT``) where the kernel and route allow it, else one ``send``
+per datagram. Nothing a client sends can stop the service: bad datagrams are counted and dropped,
+a transfer whose socket fails is ended on its own, and an unexpected error in one transfer ends
+that transfer, logged, not the thread. :class:`VirtualFiles` providers are called from the
+thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
+import heapq
+import os
+import select
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,13 +82,16 @@ MacResolver = Callable[[str], bytes | None]
 # Python 3.11 does not export IP_PKTINFO; 8 is its value on Linux, the only platform served.
 _IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 _PKTINFO = struct.Struct("=i4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
-# Datagrams the listening and stranger sockets read per readiness callback, so one busy socket
-# cannot starve the others.
+# Datagrams the listening and stranger sockets read per wake-up, so one busy socket cannot starve
+# the others.
 _READ_BATCH = 64
+# Readiness events taken from epoll per wait (more stay queued for the next one).
+_MAX_EVENTS = 64
 # A transfer's receive buffer: an ACK is 4 bytes, an ERROR well under this. A datagram that
 # fills the buffer is oversized and dropped.
 _RECEIVE_BUFFER = 1024
 _ACK_OPCODE = int(Opcode.ACK)
+_ERROR_OPCODE = int(Opcode.ERROR)
 _UNKNOWN_TID_ERROR = encode_error(ErrorCode.UNKNOWN_TRANSFER_ID, "unknown transfer ID")
 # UDP generic segmentation offload (Linux 4.18): a send of several equal datagrams end to end.
 # Python 3.11 does not export the constant.
@@ -74,11 +99,70 @@ _UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
 _U16 = struct.Struct("=H")
 # What sendmsg fails with where GSO cannot be used.
 _NO_SEGMENTATION = frozenset({errno.EINVAL, errno.EIO, errno.EOPNOTSUPP, errno.ENOPROTOOPT})
+# timerfd (Linux 2.6.25): Python 3.11 has no binding, so libc's is called through ctypes.
+_CLOCK_MONOTONIC = 1  # the clock of time.monotonic() on Linux
+_TFD_NONBLOCK = os.O_NONBLOCK
+_TFD_CLOEXEC = os.O_CLOEXEC
+_TFD_TIMER_ABSTIME = 1
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+class _Alarm:
+    """A timerfd that becomes readable at one absolute ``time.monotonic()`` deadline.
+
+    The thread's epoll waits on it instead of passing a timeout to ``epoll_wait``: a timeout arms
+    and cancels a kernel timer on every wait, once per datagram on the hot path, while the alarm
+    is set only when the earliest deadline moves (lazy timers make that about once a second).
+    """
+
+    def __init__(self) -> None:
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        fd = self._libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC)
+        if fd < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+        self.fd: int = fd
+        self.at = float("inf")
+        """The deadline set, ``inf`` when none is."""
+        self._spec = _Itimerspec()
+
+    def set(self, at: float) -> None:
+        """Go off at ``at`` (monotonic seconds) instead of any earlier setting."""
+        seconds = int(at)
+        value = self._spec.it_value
+        value.tv_sec = seconds
+        # tv_nsec 0 with tv_sec 0 would disarm the timer: never ask for less than 1 ns.
+        value.tv_nsec = max(1, min(999_999_999, int((at - seconds) * 1e9)))
+        if self._libc.timerfd_settime(self.fd, _TFD_TIMER_ABSTIME, ctypes.byref(self._spec), None):
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+        self.at = at
+
+    def clear(self) -> None:
+        """Consume the expiry (the fd stays readable until then)."""
+        with contextlib.suppress(BlockingIOError):
+            os.read(self.fd, 8)
+        self.at = float("inf")
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+# How long close() waits for the thread (it stops within one wake-up unless a virtual file
+# provider hangs it).
+_STOP_TIMEOUT = 10.0
 
 
 @dataclass(eq=False, slots=True)
 class _Transfer:
-    """One transfer's socket, client and timer around its sans-I/O :class:`ReadTransfer`."""
+    """One transfer's sockets, client and timer around its sans-I/O :class:`ReadTransfer`."""
 
     machine: ReadTransfer
     sock: socket.socket
@@ -91,9 +175,22 @@ class _Transfer:
     segmentation: list[tuple[int, int, bytes]] | None
     """The ancillary data asking for UDP GSO in segments of one DATA datagram, or ``None`` once
     the kernel refused it."""
+    fd: int = -1
+    strangers_fd: int = -1
+    recv_into: Callable[[bytearray], int] = field(init=False)
+    """``sock.recv_into``, bound once: the hot path calls it per ACK."""
+    send: Callable[[bytes | memoryview], int] = field(init=False)
+    """``sock.send``, bound once."""
     receive_buffer: bytearray = field(default_factory=lambda: bytearray(_RECEIVE_BUFFER))
-    timer: asyncio.TimerHandle | None = None
-    timer_at: float = 0.0
+    timer_at: float | None = None
+    """The deadline of the transfer's live heap entry, ``None`` when it has none."""
+    timer_key: int = 0
+    """The sequence number of the live heap entry; older entries are stale."""
+    ended: bool = False
+
+    def __post_init__(self) -> None:
+        self.recv_into = self.sock.recv_into
+        self.send = self.sock.send
 
 
 class TftpService:
@@ -102,7 +199,8 @@ class TftpService:
     Serves the configured iPXE programs from ``boot.ipxe_dir``, the files under ``root`` and the
     ``virtual`` files (see :mod:`diskless.tftp.files`). A finished transfer is recorded in
     ``timeline`` as :attr:`BootStage.TFTP_SENT` when ``mac_for_address`` knows the client's MAC
-    (TFTP itself never learns it); otherwise only the log line names the client.
+    (TFTP itself never learns it); otherwise only the log line names the client. Both are called
+    on the event loop; everything else runs in the service's thread (see the module docstring).
     """
 
     name = "tftp"
@@ -139,7 +237,19 @@ class TftpService:
         self._mac_for_address = mac_for_address
         self._listener: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._epoll: select.epoll | None = None
+        self._wake_fd = -1
+        self._alarm: _Alarm | None = None
+        self._stopping = False
+        self._failed: asyncio.Future[None] | None = None
+        """Completed with the error if the thread dies of one; :meth:`run` waits on it."""
+        # Owned by the thread once it runs (``active_transfers`` reads the dict's length).
         self._transfers: dict[ClientAddress, _Transfer] = {}
+        self._by_fd: dict[int, _Transfer] = {}
+        self._strangers_by_fd: dict[int, _Transfer] = {}
+        self._timers: list[tuple[float, int, ClientAddress]] = []
+        self._timer_keys = 0
         self.stats = TftpStats()
         self.ready = asyncio.Event()
         """Set once the listener is bound (``diskless serve`` announces "ready" after it)."""
@@ -157,7 +267,7 @@ class TftpService:
         return len(self._transfers)
 
     async def start(self) -> tuple[str, int]:
-        """Bind the listening socket and start answering; returns the bound address.
+        """Bind the listening socket and start the thread that serves; returns the bound address.
 
         Raises :class:`ConfigError` when the address cannot be bound (port 69 needs root or
         ``CAP_NET_BIND_SERVICE``; another TFTP server may hold it).
@@ -176,7 +286,6 @@ class TftpService:
             listener.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
             listener.bind(infos[0][4])
             listener.setblocking(False)
-            loop.add_reader(listener.fileno(), self._on_request_readable)
         except OSError as exc:
             listener.close()
             reason = exc.strerror or str(exc)
@@ -184,8 +293,21 @@ class TftpService:
         except BaseException:
             listener.close()
             raise
+        epoll = select.epoll()
+        wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        alarm = _Alarm()
+        epoll.register(listener.fileno(), select.EPOLLIN)
+        epoll.register(wake_fd, select.EPOLLIN)
+        epoll.register(alarm.fd, select.EPOLLIN)
+        self._alarm = alarm
         self._loop = loop
         self._listener = listener
+        self._epoll = epoll
+        self._wake_fd = wake_fd
+        self._stopping = False
+        self._failed = loop.create_future()
+        self._thread = threading.Thread(target=self._serve, name="tftp", daemon=True)
+        self._thread.start()
         address = self.address
         assert address is not None
         _log.info("tftp listening", host=address[0], port=address[1])
@@ -193,29 +315,115 @@ class TftpService:
         return address
 
     async def run(self) -> None:
-        """Serve until cancelled, then close the listener and every transfer."""
+        """Serve until cancelled, then stop the thread and close every socket and file."""
         try:
             if self._listener is None:
                 await self.start()
-            await asyncio.get_running_loop().create_future()  # until cancelled
+            assert self._failed is not None
+            await self._failed  # completes only if the thread dies of an error
         finally:
             self.close()
 
     def close(self) -> None:
-        """Stop listening and end every transfer (their sockets and files are closed)."""
-        for transfer in list(self._transfers.values()):
-            self._end(transfer, "server stopping")
+        """Stop the thread, end every transfer (their sockets and files are closed), stop
+        listening. Idempotent; call it from the event loop's thread."""
+        thread = self._thread
+        if thread is not None:
+            self._stopping = True
+            with contextlib.suppress(OSError):
+                os.eventfd_write(self._wake_fd, 1)
+            thread.join(_STOP_TIMEOUT)
+            if thread.is_alive():
+                _log.warning("tftp thread did not stop", seconds=_STOP_TIMEOUT)
+                return  # it still owns its sockets; the daemon thread dies with the process
+            self._thread = None
+        if self._failed is not None:
+            if self._failed.done() and not self._failed.cancelled():
+                self._failed.exception()  # retrieved: run() is not waiting any more
+            self._failed = None
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
+        if self._wake_fd >= 0:
+            os.close(self._wake_fd)
+            self._wake_fd = -1
+        if self._alarm is not None:
+            self._alarm.close()
+            self._alarm = None
         if self._listener is not None:
-            if self._loop is not None and not self._loop.is_closed():
-                self._loop.remove_reader(self._listener.fileno())
             self._listener.close()
             self._listener = None
 
+    # -- the thread -----------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        """The thread: wait in epoll, dispatch each ready socket, fire due timers; until closed."""
+        try:
+            self._serve_until_stopped()
+        except BaseException as exc:
+            _log.exception("tftp thread failed")
+            self._call_on_loop(self._fail, exc)
+        finally:
+            for transfer in list(self._transfers.values()):
+                with contextlib.suppress(Exception):
+                    self._end(transfer, "server stopping")
+
+    def _serve_until_stopped(self) -> None:
+        epoll = self._epoll
+        listener = self._listener
+        alarm = self._alarm
+        assert epoll is not None
+        assert listener is not None
+        assert alarm is not None
+        alarm_fd = alarm.fd
+        poll = epoll.poll
+        listener_fd = listener.fileno()
+        wake_fd = self._wake_fd
+        by_fd = self._by_fd
+        strangers_by_fd = self._strangers_by_fd
+        monotonic = time.monotonic
+        on_ack = self._on_transfer_readable
+        while not self._stopping:
+            events = poll(-1.0, _MAX_EVENTS)  # no timeout: timers wake us through the alarm
+            # One clock reading per wake-up: the handlers of this batch share it.
+            now = monotonic()
+            for fd, _ in events:
+                transfer = by_fd.get(fd)
+                try:
+                    if transfer is not None:
+                        on_ack(transfer, now)
+                    elif fd == listener_fd:
+                        self._on_request_readable(listener)
+                    elif fd == alarm_fd:
+                        alarm.clear()
+                        self._fire_timers()
+                    elif fd == wake_fd:
+                        with contextlib.suppress(BlockingIOError):
+                            os.eventfd_read(wake_fd)
+                    else:
+                        transfer = strangers_by_fd.get(fd)
+                        if transfer is not None:
+                            self._on_stranger_readable(transfer)
+                except Exception:
+                    # A bug, or a virtual file provider that failed: it ends the transfer at
+                    # hand, if any, not the server.
+                    _log.exception("tftp internal error", fd=fd)
+                    if transfer is not None:
+                        self._end(transfer, "internal error")
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failed is not None and not self._failed.done():
+            self._failed.set_exception(exc)
+
+    def _call_on_loop(self, callback: Callable[..., object], *args: object) -> None:
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
+                loop.call_soon_threadsafe(callback, *args)
+
     # -- the listening port ---------------------------------------------------------------------
 
-    def _on_request_readable(self) -> None:
-        listener = self._listener
-        assert listener is not None
+    def _on_request_readable(self, listener: socket.socket) -> None:
         for _ in range(_READ_BATCH):
             try:
                 data, ancillary, flags, address = listener.recvmsg(
@@ -258,10 +466,8 @@ class TftpService:
         if len(self._transfers) >= self._settings.max_transfers:
             self._refuse(client, ErrorCode.NOT_DEFINED, "server busy, try again later", packet)
             return
-        loop = self._loop
-        assert loop is not None
         try:
-            machine = open_transfer(packet, self._catalog, client, self._limits, loop.time())
+            machine = open_transfer(packet, self._catalog, client, self._limits, time.monotonic())
         except FileRefused as refusal:
             self._refuse(client, refusal.code, refusal.message, packet)
             return
@@ -279,11 +485,23 @@ class TftpService:
             return
         segmentation = [(socket.SOL_UDP, _UDP_SEGMENT, _U16.pack(machine.segment_size))]
         transfer = _Transfer(
-            machine, sock, strangers, client, packet, time.monotonic(), segmentation
+            machine,
+            sock,
+            strangers,
+            client,
+            packet,
+            time.monotonic(),
+            segmentation,
+            sock.fileno(),
+            strangers.fileno(),
         )
+        epoll = self._epoll
+        assert epoll is not None
         self._transfers[client] = transfer
-        loop.add_reader(sock.fileno(), self._on_transfer_readable, transfer)
-        loop.add_reader(strangers.fileno(), self._on_stranger_readable, transfer)
+        self._by_fd[transfer.fd] = transfer
+        self._strangers_by_fd[transfer.strangers_fd] = transfer
+        epoll.register(transfer.fd, select.EPOLLIN)
+        epoll.register(transfer.strangers_fd, select.EPOLLIN)
         _log.debug(
             "tftp transfer starting",
             client=client[0],
@@ -291,7 +509,7 @@ class TftpService:
             file=packet.filename,
             options=dict(machine.negotiated.acknowledged or {}),
         )
-        self._send(transfer, machine.start(loop.time()))
+        self._send(transfer, machine.start(time.monotonic()))
         self._after_input(transfer)
 
     def _refuse(
@@ -312,25 +530,23 @@ class TftpService:
 
     # -- one transfer ---------------------------------------------------------------------------
 
-    def _on_transfer_readable(self, transfer: _Transfer) -> None:
-        # One datagram per callback: a client sends one ACK per window and then waits, so trying
-        # for a second would nearly always cost a failed system call and an exception. The
-        # selector is level-triggered: anything still queued calls us again.
+    def _on_transfer_readable(self, transfer: _Transfer, now: float) -> None:
+        # One datagram per wake-up: a client sends one ACK per window and then waits, so trying
+        # for a second would nearly always cost a failed system call and an exception. epoll is
+        # level-triggered: anything still queued wakes us again.
+        buffer = transfer.receive_buffer
         try:
-            count = transfer.sock.recv_into(transfer.receive_buffer)
+            count = transfer.recv_into(buffer)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             # ECONNREFUSED: an ICMP port unreachable came back, the client is gone.
             self._end(transfer, f"receive failed: {exc.strerror or exc}")
             return
-        loop = self._loop
-        assert loop is not None
-        buffer = transfer.receive_buffer
         machine = transfer.machine
         if 4 <= count < _RECEIVE_BUFFER and buffer[1] == _ACK_OPCODE and buffer[0] == 0:
             # The one packet of the hot path, decoded without building an Ack.
-            bursts = machine.on_ack((buffer[2] << 8) | buffer[3], loop.time())
+            bursts = machine.on_ack((buffer[2] << 8) | buffer[3], now)
         elif count >= _RECEIVE_BUFFER:
             self.stats.packets_malformed += 1
             return
@@ -340,11 +556,25 @@ class TftpService:
             except MalformedPacket:
                 self.stats.packets_malformed += 1
                 return
-            bursts = machine.on_packet(packet, loop.time())
+            bursts = machine.on_packet(packet, now)
         if bursts:
-            self._send(transfer, bursts)
+            data, segment = bursts[0]
+            if len(data) <= segment and len(bursts) == 1:
+                # Lock-step: one datagram.
+                try:
+                    transfer.send(data)
+                except (BlockingIOError, InterruptedError):
+                    pass  # lost like any dropped packet: the timer brings it back
+                except OSError as exc:
+                    self._end(transfer, f"send failed: {exc}")
+                    return
+            else:
+                self._send(transfer, bursts)
             machine.read_ahead()
-        self._after_input(transfer)
+        if machine.finished:
+            self._end(transfer)
+        elif transfer.timer_at is None or transfer.timer_at > machine.deadline:
+            self._arm_timer(transfer)
 
     def _on_stranger_readable(self, transfer: _Transfer) -> None:
         buffer = transfer.receive_buffer
@@ -355,7 +585,7 @@ class TftpService:
                 return
             self.stats.packets_unknown_tid += 1
             # An ERROR is never answered with an ERROR (two servers could bounce them forever).
-            if count >= 2 and buffer[0] == 0 and buffer[1] == Opcode.ERROR:
+            if count >= 2 and buffer[0] == 0 and buffer[1] == _ERROR_OPCODE:
                 continue
             with contextlib.suppress(OSError):
                 transfer.strangers.sendto(_UNKNOWN_TID_ERROR, address)
@@ -382,51 +612,79 @@ class TftpService:
                     # a block bigger than the MTU): send datagram by datagram from now on.
                     transfer.segmentation = None
                     self._send(transfer, [(data, segment)])
+                    if transfer.ended:
+                        return
                     continue
                 self._end(transfer, f"send failed: {exc}")
                 return
 
     def _after_input(self, transfer: _Transfer) -> None:
-        if transfer.machine.finished:
+        if transfer.ended:
+            return
+        machine = transfer.machine
+        if machine.finished:
             self._end(transfer)
-        else:
+        elif transfer.timer_at is None or transfer.timer_at > machine.deadline:
             self._arm_timer(transfer)
 
     def _arm_timer(self, transfer: _Transfer) -> None:
+        """Push a heap entry at the transfer's deadline; any earlier entry of it goes stale."""
+        self._timer_keys += 1
+        transfer.timer_key = self._timer_keys
         deadline = transfer.machine.deadline
-        if transfer.timer is not None:
-            if transfer.timer_at <= deadline:
-                return  # fires first; _on_timer re-arms it for the later deadline
-            transfer.timer.cancel()
-        loop = self._loop
-        assert loop is not None
-        transfer.timer = loop.call_at(deadline, self._on_timer, transfer)
         transfer.timer_at = deadline
+        heapq.heappush(self._timers, (deadline, self._timer_keys, transfer.client))
+        alarm = self._alarm
+        if alarm is not None and deadline < alarm.at:
+            alarm.set(deadline)
 
-    def _on_timer(self, transfer: _Transfer) -> None:
-        transfer.timer = None
-        if self._transfers.get(transfer.client) is not transfer:
-            return
-        loop = self._loop
-        assert loop is not None
-        now = loop.time()
-        if now >= transfer.machine.deadline:
-            self._send(transfer, transfer.machine.on_timer(now))
-        if self._transfers.get(transfer.client) is transfer:
+    def _fire_timers(self) -> None:
+        timers = self._timers
+        now = time.monotonic()
+        while timers and timers[0][0] <= now:
+            _, key, client = heapq.heappop(timers)
+            transfer = self._transfers.get(client)
+            if transfer is None or transfer.timer_key != key:
+                continue  # stale: the transfer ended, or the entry was replaced
+            transfer.timer_at = None
+            machine = transfer.machine
+            if now >= machine.deadline:
+                try:
+                    bursts = machine.on_timer(now)
+                    if bursts:
+                        self._send(transfer, bursts)
+                except Exception:
+                    _log.exception("tftp internal error", client=client[0])
+                    self._end(transfer, "internal error")
+                    continue
             self._after_input(transfer)
+        # The alarm was consumed: set it for what is left (_arm_timer above set it for new entries).
+        alarm = self._alarm
+        if timers and alarm is not None and timers[0][0] < alarm.at:
+            alarm.set(timers[0][0])
 
     def _end(self, transfer: _Transfer, error: str = "") -> None:
-        """Release everything the transfer holds and account for how it ended. Idempotent."""
-        if self._transfers.get(transfer.client) is not transfer:
+        """Release everything the transfer holds and account for how it ended. Idempotent.
+
+        The transfer leaves ``_transfers`` last, once its sockets and file are closed and the
+        counters (and the timeline, through the loop) have it: whoever sees
+        ``active_transfers`` drop sees all of that.
+        """
+        if transfer.ended:
             return
-        del self._transfers[transfer.client]
-        if transfer.timer is not None:
-            transfer.timer.cancel()
-            transfer.timer = None
-        for sock in (transfer.sock, transfer.strangers):
-            if self._loop is not None and not self._loop.is_closed():
-                self._loop.remove_reader(sock.fileno())
-            sock.close()
+        transfer.ended = True
+        epoll = self._epoll
+        for fd, by_fd in (
+            (transfer.fd, self._by_fd),
+            (transfer.strangers_fd, self._strangers_by_fd),
+        ):
+            if by_fd.get(fd) is transfer:
+                del by_fd[fd]
+            if epoll is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    epoll.unregister(fd)
+        transfer.sock.close()
+        transfer.strangers.close()
         machine = transfer.machine
         machine.close()
         self.stats.bytes_sent += machine.bytes_sent
@@ -434,6 +692,8 @@ class TftpService:
         client, name = transfer.client, transfer.request.filename
         seconds = round(time.monotonic() - transfer.started, 3)
         if machine.outcome is Outcome.COMPLETED:
+            if self._timeline is not None and self._mac_for_address is not None:
+                self._call_on_loop(self._record, client[0], name)
             self.stats.transfers_completed += 1
             _log.info(
                 "tftp sent",
@@ -443,7 +703,6 @@ class TftpService:
                 bytes=machine.bytes_sent,
                 seconds=seconds,
             )
-            self._record(client[0], name)
         elif machine.outcome is Outcome.TIMED_OUT:
             self.stats.transfers_timed_out += 1
             _log.info("tftp transfer timed out", client=client[0], file=name, reason=machine.reason)
@@ -452,8 +711,27 @@ class TftpService:
             _log.info(
                 "tftp transfer failed", client=client[0], file=name, reason=error or machine.reason
             )
+        if self._transfers.get(client) is transfer:
+            del self._transfers[client]
+        self._compact_timers()
+
+    def _compact_timers(self) -> None:
+        """Drop stale heap entries once they outnumber the live ones, so the heap stays bounded
+        however many transfers come and go within a long timeout."""
+        timers = self._timers
+        if len(timers) <= 2 * len(self._transfers) + 64:
+            return
+        transfers = self._transfers
+        live = [
+            entry
+            for entry in timers
+            if (transfer := transfers.get(entry[2])) is not None and transfer.timer_key == entry[1]
+        ]
+        heapq.heapify(live)
+        timers[:] = live
 
     def _record(self, address: str, name: str) -> None:
+        """On the loop: the finished transfer in the boot timeline, if the client's MAC is known."""
         if self._timeline is None or self._mac_for_address is None:
             return
         mac = self._mac_for_address(address)

@@ -38,7 +38,6 @@ from .codec import (
     Packet,
     Request,
     encode_option_ack,
-    pack_data_header,
 )
 from .files import BlockSource, ClientAddress, FileCatalog, FileRefused, NetasciiSource
 
@@ -72,6 +71,11 @@ MAX_BURST_BYTES = 65000
 # The retransmission interval doubles after each unanswered send, up to this many times the
 # base interval (so 1 s → 2 → 4 → 8 → 8 ...).
 MAX_BACKOFF = 8
+# The low and high bytes of block numbers 0 .. 2 * 65536 - 1, for writing the block numbers of a
+# run of DATA headers with two slice assignments instead of one pack per block (block numbers
+# roll over: entry k stands for block k mod 65536).
+_LOW_BYTES = bytes(range(256)) * 512
+_HIGH_BYTES = b"".join(bytes((high,)) * 256 for high in range(256)) * 2
 # RFC 2349 and RFC 7440 ranges.
 _TIMEOUT_RANGE = range(1, 256)
 _WINDOW_SIZE_RANGE = range(1, 65536)
@@ -210,10 +214,15 @@ class ReadTransfer:
         ring = self._ring = window_size * windows
         segment = self.segment_size
         self._buffer = bytearray(segment * ring)
+        # Every slot starts with the DATA opcode; _fill writes only the block numbers.
+        self._buffer[1 : segment * ring : segment] = bytes((int(Opcode.DATA),)) * ring
         whole = self._view = memoryview(self._buffer)
         self._slots = [whole[i * segment : (i + 1) * segment] for i in range(ring)]
         self._payloads = [view[DATA_HEADER_LENGTH:] for view in self._slots]
+        # Lock-step's answer to an ACK, one per slot, built once: a full block as one datagram.
+        self._single_bursts: list[Burst] = [(view, segment) for view in self._slots]
         self._burst_blocks = max(1, min(MAX_BURST_DATAGRAMS, MAX_BURST_BYTES // segment))
+        self._refill_free = max(1, ring // 2)  # free slots that make read_ahead fill
         self._option_ack: bytes | None = None
         if negotiated.acknowledged is not None:
             self._option_ack = encode_option_ack(negotiated.acknowledged)
@@ -225,6 +234,7 @@ class ReadTransfer:
         self._last_length = 0
         self._started = False
         self._closed = False
+        self._acking = False  # started and not finished: ACKs count
 
     @property
     def blocks_acknowledged(self) -> int:
@@ -235,6 +245,7 @@ class ReadTransfer:
         if self._started:
             return []
         self._started = True
+        self._acking = not self.finished
         if self._option_ack is not None:
             self.deadline = now + self._interval
             return [(self._option_ack, len(self._option_ack))]
@@ -259,23 +270,29 @@ class ReadTransfer:
 
     def on_ack(self, block: int, now: float) -> list[Burst]:
         """React to ``ACK block`` (the 16-bit wire number)."""
-        if self.finished or not self._started:
+        if not self._acking:
             return []
         acked = self._acked
-        if self._sent_through == 0:
-            # Waiting for the ACK of the OACK, which is block 0.
-            if block != 0:
-                return []
-        else:
+        sent = self._sent_through
+        if sent:
             acked += (block - acked) & 0xFFFF
-            if acked == self._acked or acked > self._sent_through:
+            if acked == self._acked or acked > sent:
                 return []  # a repeat, or a block not in flight: only the timer resends
             self._acked = acked
             if acked == self._last_block:
                 self._finish(Outcome.COMPLETED, "")
                 return []
-        self._retries = 0
-        self._interval = self._base_interval
+        elif block:
+            return []  # waiting for the ACK of the OACK, which is block 0
+        if self._retries:
+            self._retries = 0
+            self._interval = self._base_interval
+        if self._window_size == 1 and acked < self._filled and acked + 1 != self._last_block:
+            # Lock-step, the next block read and full: the hot path, kept short.
+            self._sent_through = acked + 1
+            self.deadline = now + self._interval
+            self.bytes_sent += self._block_size
+            return [self._single_bursts[acked % self._ring]]
         return self._send_window(now)
 
     def on_timer(self, now: float) -> list[Burst]:
@@ -303,9 +320,11 @@ class ReadTransfer:
         sends, while the client works through the last window, it keeps the file read off the
         path from an ACK to the next window.
         """
-        if self.finished or self._last_block or not self._started:
-            return
-        if self._acked + self._ring - self._filled >= max(1, self._ring // 2):
+        if (
+            self._acked + self._ring - self._filled >= self._refill_free
+            and self._acking
+            and not self._last_block
+        ):
             self._fill()
 
     def close(self) -> None:
@@ -321,22 +340,25 @@ class ReadTransfer:
     def _finish(self, outcome: Outcome, reason: str) -> None:
         self.outcome = outcome
         self.finished = True
+        self._acking = False
         self.reason = reason
 
     def _send_window(self, now: float) -> list[Burst]:
         first = self._acked + 1
         end = self._acked + self._window_size
-        if self._filled < end and not self._last_block:
+        last = self._last_block
+        if self._filled < end and not last:
             self._fill()
-        if self._last_block and end >= self._last_block:
-            end = self._last_block
+            last = self._last_block
+        if last and end >= last:
+            end = last
         segment = self.segment_size
         self._sent_through = end
         self.deadline = now + self._interval
         self.bytes_sent += (end - first + 1) * self._block_size
-        if end == first and end != self._last_block:
+        if end == first and end != last:
             return [(self._slots[(first - 1) % self._ring], segment)]  # lock-step
-        if end == self._last_block:
+        if end == last:
             self.bytes_sent -= self._block_size - self._last_length
         bursts: list[Burst] = []
         buffer = self._view
@@ -361,16 +383,29 @@ class ReadTransfer:
         views = [payloads[(block - 1) % ring] for block in range(start, end + 1)]
         total = self._source.fill(views)
         full = self._block_size
-        buffer = self._buffer
-        segment = self.segment_size
         filled = start + total // full  # the first block not read in full
-        for block in range(start, min(filled, end + 1)):
-            pack_data_header(buffer, ((block - 1) % ring) * segment, block)
+        # Block numbers of the blocks read, the short one that ends the file included.
+        self._number_blocks(start, min(filled, end))
         if filled <= end:
             # A short block (possibly empty) ends the file.
-            pack_data_header(buffer, ((filled - 1) % ring) * segment, filled)
             self._last_block = filled
             self._last_length = total - (filled - start) * full
             self._filled = filled
         else:
             self._filled = end
+
+    def _number_blocks(self, first: int, last: int) -> None:
+        """Write the block numbers of blocks ``first`` to ``last`` into their slots' headers."""
+        ring = self._ring
+        segment = self.segment_size
+        buffer = self._buffer
+        block = first
+        while block <= last:
+            slot = (block - 1) % ring
+            count = min(last - block + 1, ring - slot)  # up to the end of the ring
+            begin = slot * segment
+            stop = begin + count * segment
+            number = block & 0xFFFF
+            buffer[begin + 2 : stop : segment] = _HIGH_BYTES[number : number + count]
+            buffer[begin + 3 : stop : segment] = _LOW_BYTES[number : number + count]
+            block += count
