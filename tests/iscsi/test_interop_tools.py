@@ -150,12 +150,11 @@ def test_iscsi_inq_unit_serial_number(server: ExportServer) -> None:
 def test_iscsi_inq_device_identification(server: ExportServer) -> None:
     out = inq_page(server, 0x83)
     assert "Page Code:(0x83) DEVICE_IDENTIFICATION" in out
-    designators = re.findall(
-        r"Association:\((\d)\) \w+\nDesignator Type:\((\d+)\) (\w+)\nDesignator:\[(.*)\]", out
-    )
-    kinds = {kind for _, _, kind, _ in designators}
+    # iscsi-inq prints the binary NAA designator raw, so its value may hold any byte, a newline
+    # included: read the designator types line by line, and only the text designator's value.
+    kinds = set(re.findall(r"^Designator Type:\(\d+\) (\w+)$", out, re.MULTILINE))
     assert {"SCSI_NAME_STRING", "NAA"} <= kinds, out
-    names = [value for _, _, kind, value in designators if kind == "SCSI_NAME_STRING"]
+    names = re.findall(r"Designator Type:\(8\) SCSI_NAME_STRING\nDesignator:\[([^\]\n]*)\]", out)
     assert names == [TARGET], out
 
 
