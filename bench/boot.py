@@ -22,14 +22,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
+from benchdocs import write_section  # noqa: E402
 from bootlab import boot_lab  # noqa: E402
 from diskless_stack import DisklessStack, LabMachine  # noqa: E402
 from golden import golden_image  # noqa: E402
 from reference_stack import ReferenceStack  # noqa: E402
 from vm import DEFAULT_MAC, BootResult, Firmware, VmConfig, boot  # noqa: E402
 
-DOCS_BEGIN = "<!-- BEGIN boot -->"
-DOCS_END = "<!-- END boot -->"
 PHASES = (
     "firmware→dhcp",
     "dhcp",
@@ -100,20 +99,6 @@ def report(samples: dict[str, list[BootResult]]) -> str:
     return "\n".join(lines)
 
 
-def write_docs(text: str) -> Path:
-    docs = ROOT / "docs" / "benchmarks.md"
-    content = docs.read_text()
-    block = f"{DOCS_BEGIN}\n{text}{DOCS_END}\n"
-    if DOCS_BEGIN in content and DOCS_END in content:
-        begin = content.index(DOCS_BEGIN)
-        end = content.index(DOCS_END) + len(DOCS_END) + 1
-        content = content[:begin] + block + content[end:]
-    else:
-        content = content.rstrip("\n") + "\n\n" + block
-    docs.write_text(content)
-    return docs
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -131,7 +116,7 @@ def main() -> None:
     text = report(samples)
     print(text)
     if args.write_docs:
-        print(f"updated {write_docs(text)}")
+        print(f"updated {write_section('boot', text)}")
 
 
 if __name__ == "__main__":

@@ -33,10 +33,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from benchdocs import write_section  # noqa: E402
+
 from netlab import NetLab, wait_for_text  # noqa: E402
 
-DOCS_BEGIN = "<!-- BEGIN dhcp -->"
-DOCS_END = "<!-- END dhcp -->"
 SERVER = "198.18.0.1"
 CLIENT = "198.18.0.2"
 POOL = ("198.18.0.10", "198.18.0.250")
@@ -282,20 +282,6 @@ def report(results: dict[str, list[Ladder]], period: float) -> str:
     return "\n".join(lines)
 
 
-def write_docs(text: str) -> Path:
-    docs = ROOT / "docs" / "benchmarks.md"
-    content = docs.read_text()
-    block = f"{DOCS_BEGIN}\n{text}{DOCS_END}\n"
-    if DOCS_BEGIN in content and DOCS_END in content:
-        begin = content.index(DOCS_BEGIN)
-        end = content.index(DOCS_END) + len(DOCS_END) + 1
-        content = content[:begin] + block + content[end:]
-    else:
-        content = content.rstrip("\n") + "\n\n" + block
-    docs.write_text(content)
-    return docs
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=1)
@@ -322,7 +308,7 @@ def main() -> None:
     text = report(results, args.period)
     print(text)
     if args.write_docs:
-        print(f"updated {write_docs(text)}")
+        print(f"updated {write_section('dhcp', text)}")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchdocs import write_section
+
 # This file is bench/http.py: take its folder off the import path, or it would shadow the standard
 # library's `http` package, which aiohttp imports (nothing imported above needs it).
 _HERE = Path(__file__).resolve().parent
@@ -58,8 +60,6 @@ sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _H
 
 MiB = 1 << 20
 ROOT = _HERE.parent
-DOCS_BEGIN = "<!-- BEGIN http -->"
-DOCS_END = "<!-- END http -->"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 WRK = shutil.which("wrk")
@@ -592,25 +592,6 @@ def render_docs(bench: Bench, command: str, notes: str, elapsed: float) -> str:
 """
 
 
-def write_docs(text: str) -> Path:
-    docs = ROOT / "docs" / "benchmarks.md"
-    content = docs.read_text()
-    block = f"{DOCS_BEGIN}\n{text}{DOCS_END}\n"
-    if DOCS_BEGIN in content and DOCS_END in content:
-        begin = content.index(DOCS_BEGIN)
-        end = content.index(DOCS_END) + len(DOCS_END)
-        if content[end : end + 1] == "\n":
-            end += 1
-        content = content[:begin] + block + content[end:]
-    elif "\n## Network services" in content:
-        at = content.index("\n## Network services") + 1
-        content = content[:at] + block + "\n" + content[at:]
-    else:
-        content = content.rstrip("\n") + "\n\n" + block
-    docs.write_text(content)
-    return docs
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="interleaved runs (median reported)")
@@ -643,7 +624,9 @@ def main(argv: list[str]) -> None:
     print(bench.summary())
     print(f"\n{notes}\ntotal {elapsed:.0f} s")
     if args.write_docs:
-        print(f"updated {write_docs(render_docs(bench, command.strip(), notes, elapsed))}")
+        print(
+            f"updated {write_section('http', render_docs(bench, command.strip(), notes, elapsed))}"
+        )
 
 
 if __name__ == "__main__":

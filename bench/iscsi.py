@@ -66,12 +66,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchdocs import write_section
+
 KiB = 1024
 MiB = 1024 * KiB
 ROOT = Path(__file__).resolve().parent.parent
 IQN = "iqn.2026-11.org.diskless.bench"
-DOCS_BEGIN = "<!-- BEGIN iscsi -->"
-DOCS_END = "<!-- END iscsi -->"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ISCSI_PERF = shutil.which("iscsi-perf")
 QEMU_IMG = shutil.which("qemu-img")
@@ -1159,25 +1159,6 @@ def machine_notes(work: Path) -> str:
     )
 
 
-def write_docs(text: str) -> Path:
-    docs = ROOT / "docs" / "benchmarks.md"
-    content = docs.read_text()
-    block = f"{DOCS_BEGIN}\n{text}{DOCS_END}\n"
-    if DOCS_BEGIN in content and DOCS_END in content:
-        begin = content.index(DOCS_BEGIN)
-        end = content.index(DOCS_END) + len(DOCS_END)
-        if content[end : end + 1] == "\n":
-            end += 1
-        content = content[:begin] + block + content[end:]
-    elif "\n## Network services" in content:
-        at = content.index("\n## Network services") + 1
-        content = content[:at] + block + "\n" + content[at:]
-    else:
-        content = content.rstrip("\n") + "\n\n" + block
-    docs.write_text(content)
-    return docs
-
-
 def _workers_text(workers: int) -> str:
     if workers <= 1:
         return "one `IscsiPortal` in one process"
@@ -1308,7 +1289,7 @@ def main(argv: list[str]) -> None:
     print(f"\n{notes}\ntotal {elapsed:.0f} s")
     if args.write_docs:
         text = render_docs(bench, command.strip(), notes, elapsed)
-        print(f"updated {write_docs(text)}")
+        print(f"updated {write_section('iscsi', text)}")
 
 
 if __name__ == "__main__":

@@ -60,11 +60,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchdocs import write_section
+
 KiB = 1024
 MiB = 1024 * KiB
 ROOT = Path(__file__).resolve().parent.parent
-DOCS_BEGIN = "<!-- BEGIN tftp -->"
-DOCS_END = "<!-- END tftp -->"
 CURL = shutil.which("curl")
 ATFTP = shutil.which("atftp")
 IN_TFTPD = "/usr/sbin/in.tftpd"
@@ -662,22 +662,6 @@ def machine_notes() -> str:
     )
 
 
-def write_docs(text: str) -> Path:
-    docs = ROOT / "docs" / "benchmarks.md"
-    content = docs.read_text()
-    block = f"{DOCS_BEGIN}\n{text}{DOCS_END}\n"
-    if DOCS_BEGIN in content and DOCS_END in content:
-        begin = content.index(DOCS_BEGIN)
-        end = content.index(DOCS_END) + len(DOCS_END)
-        if content[end : end + 1] == "\n":
-            end += 1
-        content = content[:begin] + block + content[end:]
-    else:
-        content = content.rstrip("\n") + "\n\n" + block
-    docs.write_text(content)
-    return docs
-
-
 def render_docs(bench: Bench, command: str, notes: str, elapsed: float) -> str:
     args = bench.args
     return f"""## TFTP server
@@ -771,7 +755,7 @@ def main(argv: list[str]) -> None:
     print(f"\n{notes}\ntotal {elapsed:.0f} s")
     if args.write_docs:
         text = render_docs(bench, command.strip(), notes, elapsed)
-        print(f"updated {write_docs(text)}")
+        print(f"updated {write_section('tftp', text)}")
 
 
 if __name__ == "__main__":
