@@ -618,8 +618,8 @@ def serve_storm(overlays: Path, port: int, count: int, workers: int = 1) -> None
 
 def serve_storm_shard(overlays: Path, port: int, count: int, index: int, workers: int) -> None:
     from diskless.boot.policy import iscsi_shard
+    from diskless.cli.export import serve_targets
     from diskless.iscsi.discovery import TargetAccess
-    from diskless.iscsi.endpoint import IscsiPortal
     from diskless.iscsi.target import TargetRegistry, disk_target
     from diskless.storage.images import open_image
 
@@ -645,24 +645,8 @@ def serve_storm_shard(overlays: Path, port: int, count: int, index: int, workers
     devices += raws
     registry = TargetRegistry(targets)
 
-    async def run() -> None:
-        portal = IscsiPortal(registry)
-        await portal.start("127.0.0.1", port)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        serving = asyncio.create_task(portal.serve_forever())
-        try:
-            await stop.wait()
-        finally:
-            serving.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await serving
-            await portal.close()
-
     try:
-        asyncio.run(run())
+        asyncio.run(serve_targets(registry, "127.0.0.1", port))
     finally:
         for device in devices:
             device.close()

@@ -23,7 +23,7 @@ from diskless.iscsi.target import TargetRegistry, disk_target
 from diskless.observe.log import configure_logging, get_logger
 from diskless.storage.images import open_image
 
-__all__ = ["export"]
+__all__ = ["export", "serve_targets"]
 
 _log = get_logger(__name__)
 DEFAULT_PORT = 3260
@@ -97,12 +97,13 @@ def export(  # noqa: PLR0917 -- typer maps each parameter to a CLI option
     device = open_image(path, read_only=read_only)
     try:
         target = disk_target(device, access, identity_seed=str(path.resolve()), read_only=read_only)
-        asyncio.run(_serve(TargetRegistry([target]), host, port))
+        asyncio.run(serve_targets(TargetRegistry([target]), host, port))
     finally:
         device.close()
 
 
-async def _serve(targets: TargetRegistry, host: str, port: int) -> None:
+async def serve_targets(targets: TargetRegistry, host: str, port: int) -> None:
+    """Serve ``targets`` on ``host:port`` until SIGINT or SIGTERM, then close every session."""
     portal = IscsiPortal(targets)
     addresses = await portal.start(host, port)
     for target in targets:
