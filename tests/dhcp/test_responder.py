@@ -21,7 +21,13 @@ from diskless.boot import (
 )
 from diskless.dhcp.codec import DhcpMessage, MessageType, Option, encode_message, parse_message
 from diskless.dhcp.leases import LeaseTable
-from diskless.dhcp.responder import DhcpConfig, DhcpResponder, Reply
+from diskless.dhcp.responder import (
+    _MEMORY_LIMIT,
+    DISCOVERED_INTERVAL,
+    DhcpConfig,
+    DhcpResponder,
+    Reply,
+)
 
 SERVER = IPv4Address("198.18.0.1")
 SERVER_ID = SERVER.packed
@@ -400,3 +406,60 @@ def test_the_lease_table_names_who_holds_an_address() -> None:
     assert responder.leases.holder(address, 1000.0) == mac
     assert responder.leases.holder(address, 1000.0 + 601) is None  # expired
     assert responder.leases.holder(address + 1, 1000.0) is None
+
+
+def test_a_retransmission_is_answered_from_memory_with_its_own_transaction_id() -> None:
+    responder = _full()
+    first, offer = _answer(
+        responder, client_message(MessageType.DISCOVER, KNOWN, xid=0x1111, vendor=PXE_VENDOR)
+    )
+    again, retry = _answer(
+        responder, client_message(MessageType.DISCOVER, KNOWN, xid=0x2222, vendor=PXE_VENDOR)
+    )
+    assert (offer.xid, retry.xid) == (0x1111, 0x2222)
+    # Byte for byte the same answer but for the transaction id.
+    assert first.data[:4] + first.data[8:] == again.data[:4] + again.data[8:]
+    assert retry.options[Option.BOOTFILE] == b"undionly.kpxe"
+    # Each sending is a boot event, even when the bytes come from memory.
+    stages = [event.stage for event in responder.timeline.events(KNOWN)]  # type: ignore[union-attr]
+    assert stages == [BootStage.DHCP_OFFER, BootStage.DHCP_OFFER]
+
+
+def test_a_new_machine_book_is_answered_from_it_not_from_memory() -> None:
+    books = [MachineBook()]
+    responder = _full()
+    responder.machines = lambda: books[-1]
+    discover = client_message(MessageType.DISCOVER, KNOWN, vendor=PXE_VENDOR)
+    _, before = _answer(responder, discover)
+    assert Option.HOSTNAME not in before.options
+    books.append(BOOK)  # the operator enrolled the machine
+    _, after = _answer(responder, discover)
+    assert after.options[Option.HOSTNAME] == b"seat-01"
+
+
+def test_a_stranger_is_discovered_once_per_interval_not_per_datagram() -> None:
+    responder = _full()
+    clock = responder.clock
+    assert isinstance(clock, Clock)
+    for xid in range(5):
+        _answer(
+            responder,
+            client_message(MessageType.DISCOVER, STRANGER, xid=xid, arch=0, vendor=PXE_VENDOR),
+        )
+    assert len(responder.timeline.events(STRANGER)) == 1  # type: ignore[union-attr]
+    clock.now += DISCOVERED_INTERVAL
+    _answer(responder, client_message(MessageType.DISCOVER, STRANGER, arch=0, vendor=PXE_VENDOR))
+    assert len(responder.timeline.events(STRANGER)) == 2  # type: ignore[union-attr]
+    assert responder.stats.offers == 6
+
+
+def test_remembered_requests_stay_bounded() -> None:
+    responder = _full()
+    for xid in range(3 * _MEMORY_LIMIT):
+        # A distinct secs field makes each one a new request: a hostile client cannot grow memory.
+        data = bytearray(client_message(MessageType.DISCOVER, KNOWN, xid=xid, vendor=PXE_VENDOR))
+        data[8:10] = (xid % 65536).to_bytes(2, "big")
+        assert responder.handle(bytes(data), ("0.0.0.0", 68), 67) is not None
+    assert 0 < len(responder._requests) <= _MEMORY_LIMIT
+    assert 0 < len(responder._answers) <= _MEMORY_LIMIT
+    assert responder.stats.offers == 3 * _MEMORY_LIMIT

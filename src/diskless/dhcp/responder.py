@@ -12,6 +12,11 @@
 
 What a client boots comes from :func:`diskless.boot.decide`, so DHCP, TFTP and HTTP agree.
 Malformed datagrams are dropped and counted in :class:`DhcpStats`; nothing raises to the caller.
+
+A boot storm is the same few hundred clients asking the same questions: each request is parsed
+once and each answer encoded once, then reused for every datagram that differs only in its
+transaction id (retransmissions, renewals, the next boot), until the machine book changes. Both
+memories are bounded; the lease table is still consulted for every request.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
-from typing import Literal
+from typing import Literal, TypeVar
 
 from diskless.boot.arch import Firmware
 from diskless.boot.events import BootEvent, BootStage, BootTimeline
@@ -49,6 +54,13 @@ _LEASE_ONLY = frozenset((Option.LEASE_TIME, Option.RENEWAL_TIME, Option.REBINDIN
 # PXE vendor options (option 43): tag 6, PXE_DISCOVERY_CONTROL, bit 3 = "use the boot file name
 # in this offer, skip boot-server discovery".
 _PXE_DISCOVERY_USE_BOOTFILE = bytes((6, 1, 8, 255))
+_Key = TypeVar("_Key")
+_Value = TypeVar("_Value")
+_MEMORY_LIMIT = 4096
+"""Requests (and answers) remembered; the memory is emptied when full, so it stays bounded."""
+DISCOVERED_INTERVAL = 5.0
+"""Seconds between two DISCOVERED events for the same stranger: a PXE ROM retries every few
+seconds, and the inventory needs to know it is there, not each of its datagrams."""
 # iPXE option 175.176 (no-pxedhcp): we are the only DHCP server, so iPXE need not wait ~3 s for
 # ProxyDHCP offers that will never come.
 _IPXE_NO_PXEDHCP = bytes((176, 1, 1))
@@ -96,6 +108,17 @@ class Reply:
         return self.host == _BROADCAST
 
 
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A reply as encoded for the first request it answered (whose transaction id it carries)."""
+
+    data: bytes
+    host: str
+    port: int
+    event: tuple[BootStage, str, bool] | None = None
+    """What each sending of it records on the timeline: stage, detail, whether known."""
+
+
 @dataclass(slots=True)
 class DhcpResponder:
     config: DhcpConfig
@@ -111,6 +134,13 @@ class DhcpResponder:
     _lease_options: list[tuple[int, bytes]] = field(init=False)
     _network_int: int = field(init=False)
     _netmask_int: int = field(init=False)
+    _book: MachineBook | None = field(init=False, default=None)
+    _requests: dict[bytes, DhcpMessage] = field(init=False, default_factory=dict)
+    """Parsed requests by their bytes without the transaction id."""
+    _answers: dict[tuple[bytes, object], _Answer] = field(init=False, default_factory=dict)
+    """Encoded answers by request bytes (without transaction id) and what else they depend on:
+    the lease's address in full mode, the source in proxy mode."""
+    _discovered_at: dict[bytes, float] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         config = self.config
@@ -138,39 +168,64 @@ class DhcpResponder:
 
     def handle(self, datagram: bytes, source: tuple[str, int], local_port: int) -> Reply | None:
         """The reply to one datagram, or ``None`` (ignored, malformed or not for us)."""
-        self.stats.received += 1
-        try:
-            message = parse_message(datagram)
-        except DhcpFormatError:
-            self.stats.malformed += 1
-            return None
+        stats = self.stats
+        stats.received += 1
+        book = self.machines()
+        if book is not self._book:
+            # Answers name hostnames, boot files and root paths from the old book.
+            self._book = book
+            self._requests.clear()
+            self._answers.clear()
+        request_key = datagram[:4] + datagram[8:]
+        message = self._requests.get(request_key)
+        if message is None:
+            try:
+                message = parse_message(datagram)
+            except DhcpFormatError:
+                stats.malformed += 1
+                return None
+            _remember(self._requests, request_key, message)
         if message.op != BOOTREQUEST or len(message.chaddr) != 6:
-            self.stats.ignored += 1
+            stats.ignored += 1
             return None
         kind = message.message_type
-        reply: Reply | None = None
         if kind is None:
-            self.stats.malformed += 1
+            stats.malformed += 1
             return None
+        answer: _Answer | None = None
+        now = self.clock()
         if self.config.mode == "proxy":
-            reply = self._proxy(message, kind, source, local_port)
+            answer = self._proxy(
+                message, kind, request_key, book, source=source, local_port=local_port
+            )
         elif local_port != PXE_PORT:
-            reply = self._full(message, kind)
-        if reply is None:
-            self.stats.ignored += 1
-        return reply
+            answer = self._full(message, kind, request_key, book, now)
+        if answer is None:
+            stats.ignored += 1
+            return None
+        event = answer.event
+        if event is not None and (event[2] or self._stranger_is_news(message.chaddr, now)):
+            self._record(message.chaddr, now, *event)
+        data = answer.data
+        # The answer may have been built for an earlier request with another transaction id.
+        return Reply(data[:4] + datagram[4:8] + data[8:], answer.host, answer.port)
 
     # -- full mode -----------------------------------------------------------------------------
 
-    def _full(self, message: DhcpMessage, kind: MessageType) -> Reply | None:
+    def _full(
+        self,
+        message: DhcpMessage,
+        kind: MessageType,
+        request_key: bytes,
+        book: MachineBook,
+        now: float,
+    ) -> _Answer | None:
         leases = self.leases
         if leases is None:
             return None
         if message.giaddr != _ZERO and not self._on_our_subnet(message.giaddr):
             return None  # A relay for a subnet we have no pool for.
-        now = self.clock()
         mac = message.chaddr
-        machine = self.machines().by_mac(mac)
         if kind is MessageType.DISCOVER:
             requested = message.address_option(Option.REQUESTED_ADDRESS)
             address = leases.offer(
@@ -180,9 +235,9 @@ class DhcpResponder:
                 self.stats.pool_exhausted += 1
                 return None
             self.stats.offers += 1
-            return self._lease_reply(message, MessageType.OFFER, address, machine, now)
+            return self._lease_answer(message, request_key, address, book)
         if kind is MessageType.REQUEST:
-            return self._full_request(message, machine, leases, now)
+            return self._full_request(message, request_key, book, leases, now)
         if kind is MessageType.RELEASE:
             if leases.release(mac, int.from_bytes(message.ciaddr, "big")):
                 self.stats.releases += 1
@@ -195,12 +250,17 @@ class DhcpResponder:
             return None
         if kind is MessageType.INFORM:
             self.stats.informs += 1
-            return self._inform_reply(message, machine)
+            return self._inform_answer(message, book.by_mac(mac))
         return None
 
     def _full_request(
-        self, message: DhcpMessage, machine: Machine | None, leases: LeaseTable, now: float
-    ) -> Reply | None:
+        self,
+        message: DhcpMessage,
+        request_key: bytes,
+        book: MachineBook,
+        leases: LeaseTable,
+        now: float,
+    ) -> _Answer | None:
         mac = message.chaddr
         server_id = message.address_option(Option.SERVER_ID)
         requested = message.address_option(Option.REQUESTED_ADDRESS)
@@ -225,20 +285,29 @@ class DhcpResponder:
             return self._nak(message)
         leases.bind(mac, wanted, self.config.lease_time, now)
         self.stats.acks += 1
-        return self._lease_reply(message, MessageType.ACK, wanted, machine, now)
+        return self._lease_answer(message, request_key, wanted, book)
 
     def _for_us(self, message: DhcpMessage) -> bool:
         server_id = message.address_option(Option.SERVER_ID)
         return server_id is None or server_id == self._server_id
 
-    def _lease_reply(
-        self,
-        message: DhcpMessage,
-        kind: Literal[MessageType.OFFER, MessageType.ACK],
-        address: int,
-        machine: Machine | None,
-        now: float,
-    ) -> Reply:
+    def _lease_answer(
+        self, message: DhcpMessage, request_key: bytes, address: int, book: MachineBook
+    ) -> _Answer:
+        """The OFFER (to a DISCOVER) or ACK (to a REQUEST) of ``address``, encoded once."""
+        answer_key = (request_key, address)
+        answer = self._answers.get(answer_key)
+        if answer is None:
+            answer = self._encode_lease_reply(message, address, book.by_mac(message.chaddr))
+            _remember(self._answers, answer_key, answer)
+        return answer
+
+    def _encode_lease_reply(
+        self, message: DhcpMessage, address: int, machine: Machine | None
+    ) -> _Answer:
+        kind = (
+            MessageType.OFFER if message.message_type is MessageType.DISCOVER else MessageType.ACK
+        )
         options: list[tuple[int, bytes]] = [
             (Option.MESSAGE_TYPE, bytes((kind,))),
             (Option.SERVER_ID, self._server_id),
@@ -246,25 +315,25 @@ class DhcpResponder:
         ]
         options.extend(self._name_options(machine))
         reply = self._reply_base(message, address.to_bytes(4, "big"))
-        plan = self._plan(message, machine, now)
+        plan = self._plan(message, machine)
+        event: tuple[BootStage, str, bool] | None = None
         if plan is not None:
             options.extend(self._boot_options(message, plan, reply))
             if plan.known:
-                # An unknown client's steps are summed up by its one DISCOVERED event per
-                # request: a storm of strangers must not cost four timeline events per DORA.
-                self._record(
-                    message.chaddr,
-                    BootStage.DHCP_OFFER if kind is MessageType.OFFER else BootStage.DHCP_ACK,
-                    now,
-                    f"{socket_address(address)} {plan.loader.file if plan.loader else '-'}",
-                    known=True,
-                )
-        return Reply(
+                stage = BootStage.DHCP_OFFER if kind is MessageType.OFFER else BootStage.DHCP_ACK
+                loader = plan.loader.file if plan.loader else "-"
+                event = (stage, f"{socket_address(address)} {loader}", True)
+            elif kind is MessageType.OFFER:
+                # An unknown client's steps are summed up by DISCOVERED events: a storm of
+                # strangers must not cost four timeline events per DORA.
+                event = _discovered_event(message)
+        return _Answer(
             encode_message(reply, options, max_size=message.max_reply_size()),
             *self._destination(message),
+            event=event,
         )
 
-    def _inform_reply(self, message: DhcpMessage, machine: Machine | None) -> Reply | None:
+    def _inform_answer(self, message: DhcpMessage, machine: Machine | None) -> _Answer | None:
         if message.ciaddr == bytes(4):
             return None
         options: list[tuple[int, bytes]] = [
@@ -274,12 +343,12 @@ class DhcpResponder:
         ]
         options.extend(self._name_options(machine))
         reply = self._reply_base(message, bytes(4))
-        return Reply(
+        return _Answer(
             encode_message(reply, options, max_size=message.max_reply_size()),
             *self._destination(message),
         )
 
-    def _nak(self, message: DhcpMessage) -> Reply:
+    def _nak(self, message: DhcpMessage) -> _Answer:
         reply = self._reply_base(message, bytes(4))
         options = [
             (Option.MESSAGE_TYPE, bytes((MessageType.NAK,))),
@@ -288,8 +357,8 @@ class DhcpResponder:
         # RFC 2131 §4.3.2: a NAK is broadcast unless it goes through a relay.
         if message.giaddr != bytes(4):
             reply.flags |= 0x8000
-            return Reply(encode_message(reply, options), str(IPv4Address(message.giaddr)), 67)
-        return Reply(encode_message(reply, options), _BROADCAST, CLIENT_PORT)
+            return _Answer(encode_message(reply, options), socket_address(message.giaddr), 67)
+        return _Answer(encode_message(reply, options), _BROADCAST, CLIENT_PORT)
 
     def _name_options(self, machine: Machine | None) -> list[tuple[int, bytes]]:
         options: list[tuple[int, bytes]] = []
@@ -315,30 +384,53 @@ class DhcpResponder:
         self,
         message: DhcpMessage,
         kind: MessageType,
+        request_key: bytes,
+        book: MachineBook,
+        *,
         source: tuple[str, int],
         local_port: int,
-    ) -> Reply | None:
-        if not _boot_client(message):
-            return None
-        now = self.clock()
-        machine = self.machines().by_mac(message.chaddr)
-        plan = self._plan(message, machine, now)
-        if plan is None or plan.loader is None:
-            return None
+    ) -> _Answer | None:
         if local_port == PXE_PORT:
             if kind is not MessageType.REQUEST and kind is not MessageType.INFORM:
                 return None
+        elif kind is not MessageType.DISCOVER:
+            return None  # The real DHCP server handles the REQUEST.
+        if not _boot_client(message):
+            return None
+        answer_key = (request_key, (local_port, source))
+        answer = self._answers.get(answer_key)
+        if answer is None:
+            answer = self._encode_proxy_reply(
+                message, book.by_mac(message.chaddr), source, local_port
+            )
+            _remember(self._answers, answer_key, answer)
+        if answer.data:
+            if local_port == PXE_PORT:
+                self.stats.proxy_acks += 1
+            else:
+                self.stats.proxy_offers += 1
+        else:
+            answer = None  # Nothing to boot: the memory only saves deciding that again.
+        return answer
+
+    def _encode_proxy_reply(
+        self,
+        message: DhcpMessage,
+        machine: Machine | None,
+        source: tuple[str, int],
+        local_port: int,
+    ) -> _Answer:
+        plan = self._plan(message, machine)
+        if plan is None or plan.loader is None:
+            return _Answer(b"", "", 0)
+        if local_port == PXE_PORT:
             reply_kind = MessageType.ACK
-            self.stats.proxy_acks += 1
             # The client has an address by now and listens where it sent from.
             destination = (
                 (source[0], source[1]) if source[0] != "0.0.0.0" else (_BROADCAST, CLIENT_PORT)
             )
         else:
-            if kind is not MessageType.DISCOVER:
-                return None  # The real DHCP server handles the REQUEST.
             reply_kind = MessageType.OFFER
-            self.stats.proxy_offers += 1
             destination = self._destination(message)
         reply = self._reply_base(message, bytes(4))
         options: list[tuple[int, bytes]] = [
@@ -346,15 +438,22 @@ class DhcpResponder:
             (Option.SERVER_ID, self._server_id),
         ]
         options.extend(self._boot_options(message, plan, reply, proxy=True))
-        if plan.known:
-            self._record(message.chaddr, BootStage.PROXY_OFFER, now, plan.loader.file, known=True)
-        return Reply(
-            encode_message(reply, options, max_size=message.max_reply_size()), *destination
+        event = (
+            (BootStage.PROXY_OFFER, plan.loader.file, True)
+            if plan.known
+            else _discovered_event(message)
+            if reply_kind is MessageType.OFFER
+            else None
+        )
+        return _Answer(
+            encode_message(reply, options, max_size=message.max_reply_size()),
+            *destination,
+            event=event,
         )
 
     # -- shared --------------------------------------------------------------------------------
 
-    def _plan(self, message: DhcpMessage, machine: Machine | None, now: float) -> BootPlan | None:
+    def _plan(self, message: DhcpMessage, machine: Machine | None) -> BootPlan | None:
         if not _boot_client(message):
             return None
         facts = RequestFacts(
@@ -363,14 +462,14 @@ class DhcpResponder:
             ipxe=_is_ipxe(message),
             vendor_class=message.text_option(Option.VENDOR_CLASS),
         )
-        plan = decide(machine, facts, self.site)
-        if plan is not None and not plan.known and message.message_type is MessageType.DISCOVER:
-            # Words the inventory's recorder reads into the discovered record.
-            detail = f"dhcp arch={facts.arch if facts.arch is not None else 0}"
-            if facts.vendor_class:
-                detail += f" vendor={facts.vendor_class.split()[0]}"
-            self._record(message.chaddr, BootStage.DISCOVERED, now, detail, known=False)
-        return plan
+        return decide(machine, facts, self.site)
+
+    def _stranger_is_news(self, mac: bytes, now: float) -> bool:
+        last = self._discovered_at.get(mac)
+        if last is not None and now - last < DISCOVERED_INTERVAL:
+            return False
+        _remember(self._discovered_at, mac, now)
+        return True
 
     def _reply_base(self, message: DhcpMessage, yiaddr: bytes) -> DhcpMessage:
         return DhcpMessage(
@@ -429,11 +528,25 @@ class DhcpResponder:
         port = self.site.portal_port(names.target)
         return f"iscsi:{self.site.server}::{port}:0:{names.target}"
 
-    def _record(
-        self, mac: bytes, stage: BootStage, now: float, detail: str, *, known: bool
-    ) -> None:
+    def _record(self, mac: bytes, now: float, stage: BootStage, detail: str, known: bool) -> None:
         if self.timeline is not None:
             self.timeline.record(BootEvent(mac, stage, now, detail, known))
+
+
+def _remember(memory: dict[_Key, _Value], key: _Key, value: _Value) -> None:
+    if len(memory) >= _MEMORY_LIMIT:
+        memory.clear()
+    memory[key] = value
+
+
+def _discovered_event(message: DhcpMessage) -> tuple[BootStage, str, bool]:
+    """The DISCOVERED event of a stranger, in words the inventory's recorder reads."""
+    arch = message.client_arch()
+    detail = f"dhcp arch={arch if arch is not None else 0}"
+    vendor = message.text_option(Option.VENDOR_CLASS)
+    if vendor:
+        detail += f" vendor={vendor.split()[0]}"
+    return (BootStage.DISCOVERED, detail, False)
 
 
 def socket_address(address: bytes | int) -> str:
