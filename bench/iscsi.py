@@ -808,6 +808,8 @@ def profile_under(endpoint: Endpoint, work: Workload, runtime: float, out: Path)
         [
             spy,
             "record",
+            # Worker processes (--iscsi-workers) are children: sample them, not only the parent.
+            "--subprocesses",
             "-p",
             str(endpoint.pid),
             "-d",

@@ -56,7 +56,7 @@ _LEASE_ONLY = frozenset((Option.LEASE_TIME, Option.RENEWAL_TIME, Option.REBINDIN
 _PXE_DISCOVERY_USE_BOOTFILE = bytes((6, 1, 8, 255))
 _Key = TypeVar("_Key")
 _Value = TypeVar("_Value")
-_MEMORY_LIMIT = 4096
+_MEMORY_LIMIT = 8192
 """Requests (and answers) remembered; the memory is emptied when full, so it stays bounded."""
 DISCOVERED_INTERVAL = 5.0
 """Seconds between two DISCOVERED events for the same stranger: a PXE ROM retries every few

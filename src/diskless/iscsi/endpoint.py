@@ -162,6 +162,7 @@ class IscsiPortal:
             _log.exception("iSCSI connection from %s failed", peer)
         finally:
             self._connections.pop(task, None)
+            link.close()
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -419,6 +420,16 @@ class _Link:
         self._data_digest = False
         sock = writer.get_extra_info("socket")
         self._socket_fd = sock.fileno() if sock is not None else -1
+        # asyncio's socket wrapper cannot send with flags; a second descriptor of the same socket
+        # can, and MSG_MORE lets a Data-In header leave in one segment with its file data.
+        self._flagged: socket.socket | None = (
+            socket.socket(fileno=os.dup(self._socket_fd)) if self._socket_fd >= 0 else None
+        )
+
+    def close(self) -> None:
+        if self._flagged is not None:
+            self._flagged.close()
+            self._flagged = None
 
     def configure(self, params: SessionParameters) -> None:
         self._header_digest = params.header_digest is Digest.CRC32C
@@ -463,7 +474,7 @@ class _Link:
                 ):
                     self._append_data(parts, _materialize(data, frame.data_length))
                 else:
-                    self.writer.writelines(parts)
+                    self._write_before_file(parts)
                     parts = []
                     self._stream(data, frame.data_length)
             else:
@@ -473,6 +484,20 @@ class _Link:
             self.writer.writelines(parts)
         await self.writer.drain()
         return close
+
+    def _write_before_file(self, parts: list[bytes | bytearray | memoryview]) -> None:
+        """Queue ``parts`` ahead of file data: with ``MSG_MORE`` when they can go out now."""
+        flagged = self._flagged
+        if flagged is None or self.writer.transport.get_write_buffer_size():
+            self.writer.writelines(parts)
+            return
+        data = b"".join(parts)
+        try:
+            sent = flagged.send(data, socket.MSG_MORE)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent < len(data):
+            self.writer.write(data[sent:])
 
     def _append_data(
         self, parts: list[bytes | bytearray | memoryview], data: bytes | bytearray | memoryview
