@@ -34,6 +34,7 @@ from diskless.inventory.snapshot import DiskAssignment, InventorySnapshot
 from diskless.storage.disks import DiskMode
 
 from .auth import Caller, CallerDep, authorize
+from .console import console
 from .context import ApiContext, context
 from .errors import install_error_handlers, invalid
 from .models import (
@@ -517,7 +518,8 @@ async def metrics(ctx: Ctx) -> Response:
 
 
 def build_app(ctx: ApiContext) -> FastAPI:
-    """The API app over ``ctx`` (no docs UI: only the OpenAPI document)."""
+    """The API app over ``ctx``, with the web console at ``/console/`` (no docs UI: only the
+    OpenAPI document)."""
     app = FastAPI(
         title="diskless admin API",
         version=__version__,
@@ -545,4 +547,5 @@ def build_app(ctx: ApiContext) -> FastAPI:
     ):
         app.include_router(router, dependencies=[Depends(authorize)])
     app.include_router(server)
+    app.include_router(console)
     return app
