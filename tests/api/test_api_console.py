@@ -110,6 +110,11 @@ def test_console_shows_live_boot_stages_and_approves(
     expect(_row(page, MAC).locator(".once")).to_have_text("local")
     assert client.get("/machines/pc01").json()["next_boot_once"] == {"kind": "local"}
 
+    # Reset asks first; the API's refusal (pc01 has no disk yet) is shown, not swallowed.
+    page.once("dialog", lambda dialog: dialog.accept())
+    _row(page, MAC).locator("button.reset-disk").click()
+    expect(page.locator("#notice.error")).to_contain_text("/machines/pc01/disk/reset: 404")
+
     # An unknown MAC asks to boot: it shows up under Discovered and is approved from there.
     api.record(BootEvent(parse_mac(UNKNOWN), BootStage.DISCOVERED, time.time(), "", known=False))
     found = page.locator(f'#discovered tbody tr[data-mac="{UNKNOWN}"]')

@@ -81,7 +81,12 @@ async function api(method, path, body) {
   const response = await fetch(path, init);
   if (response.status === 401) throw new Unauthorized("the token was refused");
   const text = await response.text();
-  const payload = text ? JSON.parse(text) : null;
+  let payload = null;
+  try {
+    payload = text ? JSON.parse(text) : null;
+  } catch {
+    payload = { detail: text.trim() }; // a proxy's or a crash's plain-text answer
+  }
   if (!response.ok) {
     const detail = payload && payload.detail;
     const reason = typeof detail === "string" ? detail : JSON.stringify(detail ?? payload);
