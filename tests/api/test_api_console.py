@@ -149,3 +149,35 @@ def test_console_assets_are_served_with_a_strict_policy(api: RunningApi) -> None
     assert not any(
         path.startswith("/console") for path in client.get("/openapi.json").json()["paths"]
     )
+
+
+@needs_chromium
+def test_the_sse_parser_handles_frames_split_anywhere(
+    api: RunningApi, page: playwright_api.Page
+) -> None:
+    page.goto(api.url + "/console/")
+    stream = 'retry: 3000\r\n: subscribed\r\n\r\nevent: boot\nid: 1\ndata: {"a":\ndata: 1}\n\n'
+    stream += "data: plain\n\n: keep-alive\n\nevent: boot\r\ndata:no-space\r\n\r\n"
+    # Fed whole, then one character at a time: the frames must come out the same.
+    result = page.evaluate(
+        """async (text) => {
+            const { SseParser } = await import("./sse.js");
+            const run = (chunks) => {
+                const frames = [], comments = [];
+                const parser = new SseParser((f) => frames.push(f), (c) => comments.push(c));
+                for (const chunk of chunks) parser.feed(chunk);
+                return { frames, comments, retry: parser.retry };
+            };
+            return [run([text]), run([...text])];
+        }""",
+        stream,
+    )
+    whole, split = result
+    assert whole == split
+    assert whole["frames"] == [
+        {"event": "boot", "data": '{"a":\n1}', "id": "1"},
+        {"event": "message", "data": "plain", "id": None},
+        {"event": "boot", "data": "no-space", "id": None},
+    ]
+    assert whole["comments"] == ["subscribed", "keep-alive"]
+    assert whole["retry"] == 3000

@@ -9,6 +9,7 @@ export class SseParser {
     this.onComment = onComment;
     this.buffer = "";
     this.retry = null;
+    this.pendingCR = false;
     this.reset();
   }
 
@@ -19,6 +20,9 @@ export class SseParser {
   }
 
   feed(text) {
+    // A CRLF split between two chunks: the CR ended the line, so the LF is not a blank line.
+    if (this.pendingCR && text.startsWith("\n")) text = text.slice(1);
+    this.pendingCR = text.endsWith("\r");
     this.buffer += text;
     const lines = this.buffer.split(/\r\n|\r|\n/);
     // The last piece has no line end yet: keep it for the next chunk.
