@@ -27,8 +27,10 @@ APT_PACKAGES="qemu-utils ipxe"
 #     dnsmasq-base (above) also answers the lab's IPv6 router solicitations.
 #   postgresql: initdb/pg_ctl for the throwaway PostgreSQL cluster the inventory tests start
 #     (in a temporary directory, unix socket only; the package's own cluster is not used).
+#   chromium: the headless browser the web console's test drives (through playwright, never
+#     a downloaded browser).
 # One line: setup_machine reads this list with `read -r -a`, which stops at the first newline.
-APT_TEST_PACKAGES="libiscsi-bin qemu-block-extra tgt udhcpc isc-dhcp-client dnsmasq-base kea-admin curl atftp tftp-hpa tftpd-hpa nginx-light wrk iproute2 qemu-system-x86 ipxe-qemu ovmf open-iscsi linux-image-amd64 busybox-static extlinux syslinux-common grub-efi-amd64-bin grub-common mtools dosfstools fdisk cpio e2fsprogs kmod postgresql"
+APT_TEST_PACKAGES="libiscsi-bin qemu-block-extra tgt udhcpc isc-dhcp-client dnsmasq-base kea-admin curl atftp tftp-hpa tftpd-hpa nginx-light wrk iproute2 qemu-system-x86 ipxe-qemu ovmf open-iscsi linux-image-amd64 busybox-static extlinux syslinux-common grub-efi-amd64-bin grub-common mtools dosfstools fdisk cpio e2fsprogs kmod postgresql chromium"
 
 # Python comes from the machine (Debian 12 ships 3.11); uv must never download one.
 export UV_PYTHON_DOWNLOADS=never

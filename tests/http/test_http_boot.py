@@ -466,3 +466,35 @@ def test_cancel_releases_the_port(http_root: Path, ipxe_dir: Path, timeline: Boo
         again.bind(("127.0.0.1", where.port))  # nothing listens there any more
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", where.port), timeout=2).close()
+
+
+# --------------------------------------------------------------------------------------------
+# Counters (read by /metrics)
+
+
+def test_every_response_is_counted_by_route_status_and_bytes(
+    http_root: Path, ipxe_dir: Path, timeline: BootTimeline
+) -> None:
+    service = make_service(http_root, ipxe_dir, Book(SEAT), timeline)
+    with serving(service) as where:
+        fetched = [
+            curl(f"{where.base}{path}", *options)
+            for path, *options in [
+                (f"/boot/{SEAT.mac.hex()}.ipxe",),
+                ("/boot.ipxe",),
+                ("/boot/not-a-mac.ipxe",),
+                ("/ipxe/undionly.kpxe",),
+                ("/files/debian/linux", "--range", "0-5"),
+                ("/files/debian/linux", "--head"),
+                ("/files/escape",),
+                ("/elsewhere",),
+            ]
+        ]
+
+    stats = service.stats
+    assert stats.requests == {"script": 3, "ipxe": 1, "file": 3, "other": 1}
+    assert stats.responses == {"1xx": 0, "2xx": 5, "3xx": 0, "4xx": 3, "5xx": 0}  # 206 is 2xx
+    assert stats.scripts_rendered == 2  # the bad MAC is refused before rendering
+    # Bodies only: the range's 6 bytes, nothing for HEAD, every other body in full.
+    assert fetched[4].body == b"kernel"
+    assert stats.bytes_sent == sum(len(response.body) for response in fetched)

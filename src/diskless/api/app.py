@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from diskless import __version__
 from diskless.boot.events import BootEvent
-from diskless.boot.machines import parse_mac
+from diskless.boot.machines import format_mac, parse_mac
 from diskless.inventory.records import (
     AuditEntry,
     DiscoveredMac,
@@ -34,6 +34,7 @@ from diskless.inventory.snapshot import DiskAssignment, InventorySnapshot
 from diskless.storage.disks import DiskMode
 
 from .auth import Caller, CallerDep, authorize
+from .console import console
 from .context import ApiContext, context
 from .errors import install_error_handlers, invalid
 from .models import (
@@ -85,6 +86,13 @@ class BootEventOut(BaseModel):
     @classmethod
     def of(cls, event: BootEvent) -> BootEventOut:
         return cls.model_validate(event.to_json())
+
+
+class BootStatusOut(BaseModel):
+    latest: list[BootEventOut]
+    """The latest event of each MAC seen since the server started, oldest first."""
+    recent: list[BootEventOut]
+    """The most recent events of all MACs, oldest first."""
 
 
 def _view(record: MachineRecord, caller: Caller) -> MachineRecord:
@@ -368,6 +376,19 @@ async def boot_events(
 
 
 @events.get(
+    "/boot-status",
+    summary="Live boot status: each MAC's latest event and the most recent events since start",
+)
+async def boot_status(ctx: Ctx, caller: CallerDep, limit: Limit = 100) -> BootStatusOut:
+    # From the in-memory timeline (this server's run), not the database: it is what /events
+    # continues, so a console loads this once and then follows the stream.
+    return BootStatusOut(
+        latest=[BootEventOut.of(event) for event in ctx.timeline.latest()],
+        recent=[BootEventOut.of(event) for event in ctx.timeline.recent(limit)],
+    )
+
+
+@events.get(
     "/events",
     summary="Live boot events (server-sent events)",
     response_class=StreamingResponse,
@@ -482,13 +503,23 @@ async def metrics(ctx: Ctx) -> Response:
             ctx.metrics.last_seen.labels(record.mac, record.hostname).set(
                 record.last_seen.timestamp()
             )
-    ctx.metrics.machines.set(len(ctx.service.snapshot.book))
+    book = ctx.service.snapshot.book
+    ctx.metrics.machines.set(len(book))
+    # Only machines in the inventory get a series: unknown MACs would make it unbounded.
+    ctx.metrics.boot_stage.clear()
+    for event in ctx.timeline.latest():
+        machine = book.by_mac(event.mac)
+        if machine is not None:
+            ctx.metrics.boot_stage.labels(
+                format_mac(event.mac), machine.hostname, event.stage.value
+            ).set(1)
     ctx.metrics.event_clients.set(ctx.events.clients)
     return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 def build_app(ctx: ApiContext) -> FastAPI:
-    """The API app over ``ctx`` (no docs UI: only the OpenAPI document)."""
+    """The API app over ``ctx``, with the web console at ``/console/`` (no docs UI: only the
+    OpenAPI document)."""
     app = FastAPI(
         title="diskless admin API",
         version=__version__,
@@ -516,4 +547,5 @@ def build_app(ctx: ApiContext) -> FastAPI:
     ):
         app.include_router(router, dependencies=[Depends(authorize)])
     app.include_router(server)
+    app.include_router(console)
     return app

@@ -52,6 +52,10 @@ class BootEvent:
 Listener = Callable[[BootEvent], None]
 
 
+def _at(event: BootEvent) -> float:
+    return event.at
+
+
 @dataclass(slots=True)
 class BootTimeline:
     """The last ``per_client`` events of each of at most ``clients`` MACs, oldest MAC evicted."""
@@ -73,6 +77,15 @@ class BootTimeline:
 
     def events(self, mac: bytes) -> list[BootEvent]:
         return list(self._events.get(mac, ()))
+
+    def latest(self) -> list[BootEvent]:
+        """The most recent event of every MAC in the timeline, oldest first."""
+        return sorted((events[-1] for events in self._events.values() if events), key=_at)
+
+    def recent(self, limit: int) -> list[BootEvent]:
+        """The ``limit`` most recent events of all MACs, oldest first."""
+        merged = sorted((e for events in self._events.values() for e in events), key=_at)
+        return merged[-limit:] if limit > 0 else []
 
     def discovered(self) -> list[bytes]:
         """MACs that asked to boot without being known, in first-seen order."""

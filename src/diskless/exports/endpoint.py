@@ -12,7 +12,9 @@ With ``iscsi.workers = N > 1`` the shards run in N worker processes (``spawn``ed
 worker k listens on ``iscsi.port + k`` and serves the disks :func:`iscsi_shard` assigns to it,
 which is also the port the machine's iPXE script names, so both boot stages of a machine reach the
 one process that has its disk open. The main process keeps the timeline: it tells a worker when
-one of its machines boots, and workers send their events back over a pipe.
+one of its machines boots, and workers send their events back over a pipe. Over the same pipe
+each worker reports its portal's counters once a second when they changed (never per command),
+and :meth:`IscsiService.portal_stats` sums the latest report of every worker.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import multiprocessing
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
@@ -46,6 +48,8 @@ _log = get_logger(__name__)
 _BOOT_STAGES = frozenset({BootStage.DHCP_OFFER, BootStage.PROXY_OFFER})
 _WORKER_START_TIMEOUT = 60.0
 _WORKER_STOP_TIMEOUT = 15.0
+# How often a worker reports its counters to the main process (only when they changed).
+_STATS_INTERVAL = 1.0
 
 Addresses = list[tuple[str, int]]
 
@@ -237,6 +241,7 @@ class IscsiService:
     """Where the portals listen, once ``ready`` is set."""
     _shard: _Shard | None = None
     _workers: list[tuple[BaseProcess, Connection]] = field(default_factory=list)
+    _worker_stats: dict[int, tuple[PortalStats, int, int]] = field(default_factory=dict)
 
     async def run(self) -> None:
         if self.settings.iscsi.workers > 1:
@@ -269,8 +274,18 @@ class IscsiService:
     def portal_stats(self) -> tuple[PortalStats, int, int] | None:
         """The portal's counters, its open sessions and the disks exported, for metrics.
 
-        ``None`` before the portal starts, and with worker processes (each keeps its own).
+        ``None`` before the portal starts. With worker processes: the sums of their last
+        reports (at most ``_STATS_INTERVAL`` old), once one has reported.
         """
+        if self._worker_stats:
+            total = PortalStats()
+            sessions = exported = 0
+            for stats, open_sessions, disks in self._worker_stats.values():
+                for name, value in asdict(stats).items():
+                    setattr(total, name, getattr(total, name) + value)
+                sessions += open_sessions
+                exported += disks
+            return total, sessions, exported
         shard = self._shard
         portal = None if shard is None else shard.portal
         if shard is None or portal is None:
@@ -352,6 +367,8 @@ class IscsiService:
             started.set_exception(ConfigError(message[1]))
         elif kind == "event":
             self._record(message[1])
+        elif kind == "stats":
+            self._worker_stats[index] = message[1]
 
     async def _stop_workers(self, workers: list[tuple[BaseProcess, Connection]]) -> None:
         loop = asyncio.get_running_loop()
@@ -419,8 +436,31 @@ async def _worker(
         shard.run(lambda addresses: connection.send(("ready", addresses)))
     )
     stopping = asyncio.create_task(stop.wait())
+    reporting = asyncio.create_task(_report_stats(shard, connection))
     await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    serving.cancel()
-    stopping.cancel()
+    for task in (reporting, serving, stopping):
+        task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await serving
+
+
+async def _report_stats(shard: _Shard, connection: Connection) -> None:
+    """Send the shard's portal counters to the main process when they change, once a second."""
+    last: tuple[PortalStats, int, int] | None = None
+    while True:
+        await asyncio.sleep(_STATS_INTERVAL)
+        portal = shard.portal
+        if portal is None:
+            continue
+        # A copy: the pickled report must not alias the live counters.
+        report = (
+            PortalStats(**asdict(portal.stats)),
+            len(portal.sessions.sessions()),
+            shard.exported,
+        )
+        if report != last:
+            try:
+                connection.send(("stats", report))
+            except (OSError, ValueError):
+                return  # The main process is gone; from_main stops the worker.
+            last = report

@@ -13,14 +13,15 @@
 
 HEAD works on every route and has no side effects (no timeline event, no next-boot-once
 consumed). A bad request gets a 4xx status with a one-line plain-text reason; an unexpected
-exception is logged with its traceback and answered with a bare 500, never the traceback.
+exception is logged with its traceback and answered with a bare 500, never the traceback. Every
+response is counted in :class:`HttpStats` (for ``/metrics``) as it starts.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 
@@ -45,7 +46,7 @@ from diskless.http.jail import FileJail, NoSuchFileError, OutsideRootError
 from diskless.http.once import NextBootOnceStore
 from diskless.observe.log import get_logger
 
-__all__ = ["BootPlane", "SiteLookup", "build_app"]
+__all__ = ["BootPlane", "HttpStats", "SiteLookup", "build_app"]
 
 SiteLookup = Callable[[IPv4Address, int], BootSite]
 """The :class:`BootSite` for a request that arrived on this local (address, port)."""
@@ -55,6 +56,46 @@ _UNKNOWN_LOCAL_ADDRESS = IPv4Address("0.0.0.0")
 _log = get_logger("diskless.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# Route name (``build_app``) -> the kind of request it counts as in HttpStats.requests.
+_ROUTE_KINDS = {"chain": "script", "script": "script", "ipxe": "ipxe", "file": "file"}
+
+
+@dataclass(slots=True)
+class HttpStats:
+    """Counters of the boot plane, for the metrics endpoint and the tests.
+
+    A response is counted when it starts (its headers are about to go out), so a file whose
+    client hangs up half-way still counts in full in ``bytes_sent``.
+    """
+
+    requests: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("script", "ipxe", "file", "other"), 0)
+    )
+    """By route kind: ``script`` (iPXE scripts), ``ipxe`` (iPXE programs), ``file`` (HTTP
+    root), ``other`` (no route matched)."""
+    responses: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("1xx", "2xx", "3xx", "4xx", "5xx"), 0)
+    )
+    """By status class."""
+    bytes_sent: int = 0
+    """Response bodies (Content-Length; 0 for HEAD)."""
+    scripts_rendered: int = 0
+    """iPXE scripts rendered (the chain script included)."""
+
+    def count(self, kind: str, status: int, length: int) -> None:
+        self.requests[kind] = self.requests.get(kind, 0) + 1
+        status_class = f"{min(max(status // 100, 1), 5)}xx"
+        self.responses[status_class] += 1
+        self.bytes_sent += length
+
+    def as_dict(self) -> dict[str, int]:
+        """The scalar counters (the labelled ones are ``requests`` and ``responses``)."""
+        return {"bytes_sent": self.bytes_sent, "scripts_rendered": self.scripts_rendered}
+
+
+_STATS_KEY = web.AppKey("stats", HttpStats)
 
 
 def _plain(status: int, reason: str) -> web.Response:
@@ -73,10 +114,12 @@ class BootPlane:
     ipxe_dir: Path
     ipxe_programs: frozenset[str]
     clock: Callable[[], float] = time.time
+    stats: HttpStats = field(default_factory=HttpStats)
 
     # -- routes ------------------------------------------------------------------------------
 
     async def chain_by_mac(self, request: web.Request) -> web.Response:
+        self.stats.scripts_rendered += 1
         return web.Response(
             text=render_chain_script(self._site(request)), content_type=_SCRIPT_TYPE
         )
@@ -103,6 +146,7 @@ class BootPlane:
         except ScriptError as exc:
             _log.error("boot record cannot be rendered", mac=format_mac(mac), error=str(exc))
             script = render_error_script(str(exc), site)
+        self.stats.scripts_rendered += 1
         if side_effects:
             self._record(mac, BootStage.HTTP_SCRIPT, plan.target.kind, known=plan.known)
             if plan.once and machine is not None:
@@ -176,15 +220,26 @@ async def _errors_as_plain_text(request: web.Request, handler: Handler) -> web.S
         return _plain(500, "internal error (logged by the server)")
 
 
+async def _count_response(request: web.Request, response: web.StreamResponse) -> None:
+    # on_response_prepare runs for every response, aiohttp's own 404/405 answers included, and
+    # a FileResponse knows its (range's) length by then: counting here needs no copy of the body.
+    route = request.match_info.route.name
+    kind = _ROUTE_KINDS.get(route or "", "other")
+    length = 0 if request.method == "HEAD" else (response.content_length or 0)
+    request.app[_STATS_KEY].count(kind, response.status, length)
+
+
 def build_app(plane: BootPlane) -> web.Application:
-    """The aiohttp application serving ``plane``'s routes."""
+    """The aiohttp application serving ``plane``'s routes, counted in ``plane.stats``."""
     app = web.Application(middlewares=[_errors_as_plain_text], client_max_size=4096)
+    app[_STATS_KEY] = plane.stats
+    app.on_response_prepare.append(_count_response)
     app.add_routes(
         [
-            web.get("/boot.ipxe", plane.chain_by_mac),
-            web.get("/boot/{mac}.ipxe", plane.machine_script),
-            web.get("/ipxe/{name:.+}", plane.ipxe_program),
-            web.get("/files/{path:.*}", plane.boot_file),
+            web.get("/boot.ipxe", plane.chain_by_mac, name="chain"),
+            web.get("/boot/{mac}.ipxe", plane.machine_script, name="script"),
+            web.get("/ipxe/{name:.+}", plane.ipxe_program, name="ipxe"),
+            web.get("/files/{path:.*}", plane.boot_file, name="file"),
         ]
     )
     return app

@@ -15,7 +15,7 @@ from aiohttp import web
 from diskless.boot import BootSite, BootTimeline, MachineBook, boot_loaders, site_from_settings
 from diskless.config import BootSettings, HttpSettings
 from diskless.errors import ConfigError
-from diskless.http.app import BootPlane, SiteLookup, build_app
+from diskless.http.app import BootPlane, HttpStats, SiteLookup, build_app
 from diskless.http.jail import FileJail
 from diskless.http.once import ConsumedInMemory, NextBootOnceStore
 from diskless.observe.log import get_logger
@@ -67,6 +67,11 @@ class HttpBootService:
         self._listening: asyncio.Future[tuple[str, int]] | None = None
         self.ready = asyncio.Event()
         """Set once the listener is bound (``diskless serve`` announces "ready" after it)."""
+
+    @property
+    def stats(self) -> HttpStats:
+        """The boot plane's request counters (read by ``/metrics``)."""
+        return self._plane.stats
 
     async def listening(self) -> tuple[str, int]:
         """The (host, port) the service listens on, once it does (tests bind port 0)."""
