@@ -463,3 +463,14 @@ def test_remembered_requests_stay_bounded() -> None:
     assert 0 < len(responder._requests) <= _MEMORY_LIMIT
     assert 0 < len(responder._answers) <= _MEMORY_LIMIT
     assert responder.stats.offers == 3 * _MEMORY_LIMIT
+
+
+def test_a_machine_enrolled_while_serving_gets_its_reservation_at_once() -> None:
+    books = [MachineBook()]
+    responder = _full()
+    responder.machines = lambda: books[-1]
+    assert IPv4Address(_dora(responder, KNOWN).yiaddr) == IPv4Address("198.18.0.100")  # pool
+    books.append(BOOK)  # enrolled through the API with 198.18.0.170
+    ack = _dora(responder, KNOWN)
+    assert IPv4Address(ack.yiaddr) == IPv4Address("198.18.0.170")
+    assert ack.options[Option.HOSTNAME] == b"seat-01"

@@ -23,7 +23,13 @@ from diskless.boot.machines import MachineBook
 from diskless.boot.policy import BootSite
 from diskless.config import DhcpSettings
 from diskless.dhcp.leases import LeaseTable
-from diskless.dhcp.responder import PXE_PORT, DhcpConfig, DhcpResponder, DhcpStats
+from diskless.dhcp.responder import (
+    PXE_PORT,
+    DhcpConfig,
+    DhcpResponder,
+    DhcpStats,
+    reservations,
+)
 from diskless.errors import ConfigError
 from diskless.observe.log import get_logger
 
@@ -201,16 +207,13 @@ class DhcpService:
         for key, address in (("pool_start", settings.pool_start), ("pool_end", settings.pool_end)):
             if address not in network:
                 raise ConfigError(f"dhcp.{key}: {address} is not in {network}")
-        reservations = {
-            machine.mac: machine.ip
-            for machine in self.machines()
-            if machine.ip is not None and machine.ip in network
-        }
         try:
+            # Known at load time so a journal's lease on a reserved address outside the pool
+            # survives; the responder follows later changes of the machine book.
             return LeaseTable(
                 settings.pool_start,
                 settings.pool_end,
-                reservations=reservations,
+                reservations=reservations(self.machines(), network),
                 journal=self.state_dir / "dhcp-leases.jsonl",
             )
         except ValueError as exc:

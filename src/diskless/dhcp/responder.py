@@ -43,7 +43,15 @@ from diskless.dhcp.codec import (
 )
 from diskless.dhcp.leases import LeaseTable
 
-__all__ = ["DhcpConfig", "DhcpResponder", "DhcpStats", "Reply", "SERVER_PORT", "CLIENT_PORT"]
+__all__ = [
+    "CLIENT_PORT",
+    "SERVER_PORT",
+    "DhcpConfig",
+    "DhcpResponder",
+    "DhcpStats",
+    "Reply",
+    "reservations",
+]
 
 SERVER_PORT = 67
 CLIENT_PORT = 68
@@ -172,10 +180,7 @@ class DhcpResponder:
         stats.received += 1
         book = self.machines()
         if book is not self._book:
-            # Answers name hostnames, boot files and root paths from the old book.
-            self._book = book
-            self._requests.clear()
-            self._answers.clear()
+            self._adopt(book)
         request_key = datagram[:4] + datagram[8:]
         message = self._requests.get(request_key)
         if message is None:
@@ -209,6 +214,15 @@ class DhcpResponder:
         data = answer.data
         # The answer may have been built for an earlier request with another transaction id.
         return Reply(data[:4] + datagram[4:8] + data[8:], answer.host, answer.port)
+
+    def _adopt(self, book: MachineBook) -> None:
+        """Answer from a new machine book: its reservations, names and boot targets."""
+        self._book = book
+        # Answers name hostnames, boot files and root paths from the old book.
+        self._requests.clear()
+        self._answers.clear()
+        if self.leases is not None:
+            self.leases.set_reservations(reservations(book, self.config.network))
 
     # -- full mode -----------------------------------------------------------------------------
 
@@ -547,6 +561,15 @@ def _discovered_event(message: DhcpMessage) -> tuple[BootStage, str, bool]:
     if vendor:
         detail += f" vendor={vendor.split()[0]}"
     return (BootStage.DISCOVERED, detail, False)
+
+
+def reservations(book: MachineBook, network: IPv4Network) -> dict[bytes, IPv4Address]:
+    """The reserved addresses of ``book``'s machines that lie in ``network``, by MAC."""
+    return {
+        machine.mac: machine.ip
+        for machine in book
+        if machine.ip is not None and machine.ip in network
+    }
 
 
 def socket_address(address: bytes | int) -> str:
