@@ -30,11 +30,13 @@ from diskless.config import Settings
 from diskless.dhcp.endpoint import DhcpService
 from diskless.errors import ConfigError, DisklessError
 from diskless.exports.endpoint import IscsiService
-from diskless.exports.plan import plan_exports
+from diskless.exports.plan import DiskExport, plan_exports
 from diskless.http.once import ConsumedInMemory
 from diskless.http.service import HttpBootService
 from diskless.inventory.endpoint import InventoryService
+from diskless.inventory.snapshot import InventorySnapshot
 from diskless.observe.log import configure_logging, get_logger
+from diskless.storage.disks import DiskSpec
 from diskless.storage.library import ImageLibrary
 from diskless.tftp.endpoint import TftpService
 
@@ -90,6 +92,14 @@ class DataLayout:
         )
 
 
+def disk_specs(snapshot: InventorySnapshot) -> dict[str, DiskSpec]:
+    """What each machine's disk is assigned to be made of, by disk name (lower case)."""
+    return {
+        assignment.disk.lower(): DiskSpec(assignment.image, assignment.version, assignment.mode)
+        for assignment in snapshot.disks.values()
+    }
+
+
 def prepare_data_dir(data_dir: Path) -> DataLayout:
     """Create the data directory and its top-level folders if missing.
 
@@ -123,6 +133,13 @@ class BootState:
         if self.inventory is not None:
             return self.inventory.book()
         return self.machines
+
+    def exports(self, iqn_prefix: str) -> list[DiskExport]:
+        """The disks to export now, with their assignments when they come from the inventory."""
+        if self.inventory is None:
+            return plan_exports(self.machines, iqn_prefix)
+        snapshot = self.inventory.snapshot
+        return plan_exports(snapshot.book, iqn_prefix, disk_specs(snapshot))
 
     def mac_for_address(self, address: str) -> bytes | None:
         """The MAC behind ``address``: a reservation, else a DHCP lease (TFTP knows only the IP)."""
@@ -181,14 +198,14 @@ def build_services(settings: Settings, layout: DataLayout) -> list[Service]:
         iscsi = IscsiService(
             settings=settings,
             disks=library.disks,
-            exports=plan_exports(state.machine_book(), settings.boot.iqn_prefix),
+            exports=state.exports(settings.boot.iqn_prefix),
             timeline=state.timeline,
         )
         services.append(iscsi)
         if state.inventory is not None:
             state.inventory.subscribe(
                 lambda snapshot: iscsi.apply_exports(
-                    plan_exports(snapshot.book, settings.boot.iqn_prefix)
+                    plan_exports(snapshot.book, settings.boot.iqn_prefix, disk_specs(snapshot))
                 )
             )
     if settings.http.enabled:

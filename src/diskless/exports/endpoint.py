@@ -130,7 +130,11 @@ class _Shard:
             kept = []
             for served in group:
                 key = served.export.target_name.casefold()
-                if wanted.get(key) == served.export:
+                same = wanted.get(key)
+                if same is not None and same.same_target(served.export):
+                    # A new assignment (image version, mode) applies at the machine's next boot.
+                    served.export = same
+                    self._by_target[key] = same
                     kept.append(served)
                     del wanted[key]
                     continue
@@ -164,7 +168,10 @@ class _Shard:
         self._drop_sessions({served.export.target_name.casefold() for served in group})
         kept: list[_Served] = []
         for served in group:
-            if served.handle.record.mode is DiskMode.RESET_ON_BOOT:
+            spec = served.export.spec
+            if served.handle.record.mode is DiskMode.RESET_ON_BOOT or (
+                spec is not None and spec.mode is not served.handle.record.mode
+            ):
                 # Reopened at once, within this callback, so no login can find the target
                 # missing; connections of the dropped sessions end with the old handle.
                 self._close(served)
@@ -177,7 +184,7 @@ class _Shard:
 
     def _open(self, export: DiskExport, *, boot: bool) -> None:
         try:
-            handle = self._disks.open(export.disk, boot=boot)
+            handle = self._disks.open(export.disk, boot=boot, spec=export.spec)
         except DisklessError as exc:
             # One machine's missing or busy disk must not stop every other machine booting.
             _log.error(
@@ -196,6 +203,7 @@ class _Shard:
             disk=export.disk,
             target=export.target_name,
             mode=handle.record.mode.value,
+            image=f"{handle.record.image} v{handle.record.version}",
         )
 
     def _close(self, served: _Served) -> None:

@@ -4,17 +4,22 @@ Every machine whose boot target (or next-boot-once override, or a menu item) is 
 one target, named and protected from its record alone (:func:`diskless.boot.iscsi_names`): only
 its own initiator name may log in, with its CHAP secret when it has one. The iPXE script sets
 that initiator name and iPXE hands it to the booted OS in the iBFT, so both stages pass.
+
+With the inventory, each export also carries what its disk is assigned to be made of (a
+:class:`~diskless.storage.disks.DiskSpec`): the disk is created from it when missing and follows
+it at each boot of the machine.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
 
 from diskless.boot.machines import BootTarget, Machine, MachineBook, MenuTarget, SanbootTarget
 from diskless.boot.policy import iscsi_names
 from diskless.iscsi.chap import ChapCredentials
 from diskless.iscsi.discovery import TargetAccess
+from diskless.storage.disks import DiskSpec
 
 __all__ = ["DiskExport", "plan_exports"]
 
@@ -27,10 +32,17 @@ class DiskExport:
     hostname: str
     disk: str
     access: TargetAccess
+    spec: DiskSpec | None = None
+    """What the disk is assigned to be made of; ``None``: whatever it is (a machines file)."""
 
     @property
     def target_name(self) -> str:
         return self.access.name
+
+    def same_target(self, other: DiskExport) -> bool:
+        """Whether ``other`` is this export but for its spec, which takes effect at the next
+        boot rather than ending the sessions of a running machine."""
+        return replace(other, spec=self.spec) == self
 
 
 def _sanboot_targets(target: BootTarget | None) -> Iterator[SanbootTarget]:
@@ -62,12 +74,19 @@ def _export(machine: Machine, sanboot: SanbootTarget, iqn_prefix: str) -> DiskEx
     )
 
 
-def plan_exports(book: MachineBook, iqn_prefix: str) -> list[DiskExport]:
-    """One export per (machine, disk) that some boot target of the machine sanboots."""
+def plan_exports(
+    book: MachineBook, iqn_prefix: str, specs: Mapping[str, DiskSpec] | None = None
+) -> list[DiskExport]:
+    """One export per (machine, disk) that some boot target of the machine sanboots.
+
+    ``specs`` maps disk names (lower case) to their assignment, from the inventory.
+    """
     exports: dict[str, DiskExport] = {}
     for machine in book:
         for target in (machine.boot, machine.next_boot_once):
             for sanboot in _sanboot_targets(target):
                 export = _export(machine, sanboot, iqn_prefix)
+                if specs is not None and export.disk in specs:
+                    export = replace(export, spec=specs[export.disk])
                 exports.setdefault(export.target_name, export)
     return list(exports.values())

@@ -45,7 +45,7 @@ from diskless.storage.images import open_image
 from diskless.storage.qcow2 import create_qcow2
 from diskless.storage.store import Digest, ImageStore, Progress
 
-__all__ = ["CommitResult", "DiskInfo", "DiskManager", "DiskMode", "DiskRecord"]
+__all__ = ["CommitResult", "DiskInfo", "DiskManager", "DiskMode", "DiskRecord", "DiskSpec"]
 
 RECORD_FILE = "disk.json"
 LOCK_FILE = "lock"
@@ -59,6 +59,16 @@ class DiskMode(StrEnum):
     """Writes survive reboots until reset, rollback or commit."""
     RESET_ON_BOOT = "reset-on-boot"
     """Every boot starts from the golden version (internet-cafe / classroom mode)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DiskSpec:
+    """What a disk should be made of, as the site assigns it (see :meth:`DiskManager.open`)."""
+
+    image: str
+    version: int | None
+    """``None``: the image's latest version, whichever that is at the disk's next boot."""
+    mode: DiskMode
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,17 +382,35 @@ class DiskManager:
 
     # -- serving ---------------------------------------------------------------------------
 
-    def open(self, name: str, *, boot: bool = False, read_only: bool = False) -> DiskHandle:
+    def open(
+        self,
+        name: str,
+        *,
+        boot: bool = False,
+        read_only: bool = False,
+        spec: DiskSpec | None = None,
+    ) -> DiskHandle:
         """Open the disk for serving, holding its lock until the handle is closed.
 
-        With ``boot=True`` a reset-on-boot disk first gets an empty overlay. Raises
-        :class:`ImageBusyError` if anyone else holds the disk.
+        With ``boot=True`` a reset-on-boot disk first gets an empty overlay. With ``spec``, a
+        missing disk is created from it, and at a boot the disk follows it: it takes the
+        assigned mode, and a reset-on-boot disk starts on the assigned version (the image's
+        latest when none is pinned), which is how a commit or a rollback of the golden image
+        reaches the machines that reset at every boot. A persistent disk keeps its version and
+        its writes: moving it is an explicit :meth:`rollback`. Raises :class:`ImageBusyError`
+        if anyone else holds the disk.
         """
+        if spec is not None and not read_only and not self.directory(name).exists():
+            with contextlib.suppress(ConflictError):  # another server created it just now
+                self.create(name, spec.image, spec.version, mode=spec.mode)
         lock = self._acquire(name)
         try:
             record = self.get(name)
-            if boot and record.mode is DiskMode.RESET_ON_BOOT and not read_only:
-                record = self._reset_locked(record)
+            if boot and not read_only:
+                if spec is not None:
+                    record = self._follow_locked(record, spec)
+                elif record.mode is DiskMode.RESET_ON_BOOT:
+                    record = self._reset_locked(record)
             # A reset-on-boot overlay is thrown away at the next boot, so its flushes need no
             # fdatasync barriers: the guest's cache flushes become cheap.
             device = open_image(
@@ -487,6 +515,23 @@ class DiskManager:
         updated = replace(record, updated=utc_now())
         atomic_write_json(directory / RECORD_FILE, updated.to_json())
         return updated
+
+    def _follow_locked(self, record: DiskRecord, spec: DiskSpec) -> DiskRecord:
+        """At a boot: ``spec``'s mode, and a reset-on-boot disk on ``spec``'s version."""
+        if record.mode is not spec.mode:
+            record = replace(record, mode=spec.mode, updated=utc_now())
+            atomic_write_json(self.directory(record.name) / RECORD_FILE, record.to_json())
+        if record.mode is not DiskMode.RESET_ON_BOOT:
+            return record
+        with self._catalog.locked():
+            try:
+                target = self._catalog.version(spec.image, spec.version)
+            except NotFoundError:
+                # An assignment naming a version that is gone: boot what the disk was on rather
+                # than nothing (the exporter logs both versions).
+                return self._reset_locked(record)
+            # On the same version this resets the overlay in place.
+            return self._switch(record, target)
 
     def _current_version(self, record: DiskRecord) -> ImageVersion:
         """The record's version as an :class:`ImageVersion`, straight from the store, so a reset
