@@ -73,6 +73,23 @@ def _print_version(value: bool) -> None:
 def _root(
     ctx: typer.Context,
     config: ConfigOption = None,
+    api_url: Annotated[
+        str | None,
+        typer.Option(
+            "--api",
+            envvar="DISKLESS_API_URL",
+            help="Base URL of the admin API (default: http://api.host:api.port).",
+            show_default=False,
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            help="API token (default: the api.token setting, i.e. DISKLESS_API__TOKEN).",
+            show_default=False,
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -86,7 +103,7 @@ def _root(
     # Settings are loaded lazily by the state, so `config check` and `--help` work even when
     # the default configuration is broken.
     del version  # Handled by its eager callback.
-    ctx.obj = CliState(config_path=config)
+    ctx.obj = CliState(config_path=config, api_url=api_url, api_token=token)
 
 
 @app.command()
