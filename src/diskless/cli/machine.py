@@ -61,8 +61,8 @@ ChapOpt = Annotated[
 ]
 NotesOpt = Annotated[str | None, typer.Option("--notes", help="Free text.", **_HIDE)]
 
-_TABLE = ["hostname", "mac", "ip", "group", "image", "image_version", "disk_mode", "boot"]
-_TABLE_EXTRA = ["next_boot_once", "last_seen"]
+# What fits a terminal; --json has every field.
+_TABLE = ["hostname", "mac", "ip", "group", "image", "disk_mode", "boot", "last_seen"]
 
 
 def machine_path(key: str, *rest: str) -> str:
@@ -111,7 +111,7 @@ def list_machines(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """List the machines the server knows."""
     records = api_client(ctx).get("/machines")
     rows = records if as_json else [machine_row(record) for record in records]
-    emit(rows, [*_TABLE, *_TABLE_EXTRA], as_json=as_json, title="Machines")
+    emit(rows, _TABLE, as_json=as_json, title="Machines")
 
 
 @app.command("show")
