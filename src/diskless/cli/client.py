@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import typer
@@ -27,6 +28,7 @@ __all__ = [
     "ApiError",
     "ServerEvent",
     "api_client",
+    "api_path",
     "base_url_from_settings",
     "error_message",
     "parse_sse",
@@ -50,6 +52,11 @@ class ServerEvent:
 
     kind: str
     data: Any
+
+
+def api_path(*parts: str) -> str:
+    """``/a/b/c`` from path parts, each escaped (a hostname or MAC never needs it; junk might)."""
+    return "".join("/" + quote(part, safe=":") for part in parts)
 
 
 def base_url_from_settings(settings: Settings) -> str:
@@ -143,7 +150,7 @@ class ApiClient:
             response = self._http.request(
                 method,
                 path,
-                json=body if body is not None else None,
+                json=body,
                 params=query or None,
             )
         except httpx.TransportError as exc:

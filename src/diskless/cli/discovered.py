@@ -7,11 +7,10 @@ from the list until it asks again.
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import quote
 
 import typer
 
-from diskless.cli.client import api_client
+from diskless.cli.client import api_client, api_path
 from diskless.cli.image import say
 from diskless.cli.output import JsonOption, emit, emit_one
 from diskless.cli.targets import parse_target
@@ -25,7 +24,7 @@ MacArg = Annotated[str, typer.Argument(help="The discovered MAC address.", show_
 
 
 def _path(mac: str, *rest: str) -> str:
-    return "/".join(["/discovered", quote(mac, safe=":-."), *rest])
+    return api_path("discovered", mac, *rest)
 
 
 @app.command("list")

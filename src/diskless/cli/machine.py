@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote
 
 import typer
 
 from diskless.cli import machine_disk
-from diskless.cli.client import ApiError, api_client
+from diskless.cli.client import ApiError, api_client, api_path
 from diskless.cli.image import say
 from diskless.cli.output import JsonOption, emit, emit_one
 from diskless.cli.progress import confirm_or_fail
@@ -66,8 +65,8 @@ _TABLE = ["hostname", "mac", "ip", "group", "image", "disk_mode", "boot", "last_
 
 
 def machine_path(key: str, *rest: str) -> str:
-    """``/machines/KEY/...`` with KEY escaped (a hostname or MAC never needs it; junk might)."""
-    return "/".join(["/machines", quote(key, safe=":-."), *rest])
+    """``/machines/KEY/...``, KEY escaped."""
+    return api_path("machines", key, *rest)
 
 
 def _kind(target: object) -> object:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from diskless.cli.client import api_client
+from diskless.cli.client import api_client, api_path
 from diskless.cli.image import for_people, say
 from diskless.cli.output import JsonOption, emit_one
 from diskless.cli.progress import confirm_or_fail
@@ -30,10 +30,7 @@ ImageOpt = Annotated[
 
 
 def _path(key: str, action: str = "") -> str:
-    # Imported late: machine imports this module to mount it as its `disk` sub-app.
-    from diskless.cli.machine import machine_path
-
-    return machine_path(key, "disk", *([action] if action else []))
+    return api_path("machines", key, "disk", *([action] if action else []))
 
 
 def _show(doc: dict[str, Any], message: str, *, as_json: bool) -> None:

@@ -21,7 +21,7 @@ __all__ = ["audit", "events", "images", "status"]
 
 
 def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Is the server up? Its version, machines, discovered MACs, images, tokens."""
+    """Is the server up? Its version, and how many machines, discovered MACs, groups, images."""
     client = api_client(ctx)
     health = client.get("/health")
     summary: dict[str, Any] = {"api": client.base_url, **health}
