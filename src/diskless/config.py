@@ -326,6 +326,18 @@ class ApiSettings(_Section):
     )
 
 
+class WakeSettings(_Section):
+    """Wake-on-LAN: the interface magic packets are broadcast from (never every interface)."""
+
+    interface: str | None = Field(
+        default=None,
+        description=(
+            "Network interface Wake-on-LAN packets leave by; default: dhcp.interface "
+            "(the run-time setting wake.group_interfaces can name one per group)"
+        ),
+    )
+
+
 class LoggingSettings(_Section):
     """What the server logs and how each line looks (all logs go to stderr)."""
 
@@ -357,6 +369,7 @@ class Settings(BaseSettings):
     iscsi: IscsiSettings = IscsiSettings()
     inventory: InventorySettings = InventorySettings()
     api: ApiSettings = ApiSettings()
+    wake: WakeSettings = WakeSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @classmethod

@@ -247,6 +247,7 @@ def build_services(settings: Settings, layout: DataLayout) -> list[Service]:
                 timeline=state.timeline,
                 library=library,
                 stats=stats_from_services(list(services)),
+                wake_interface=settings.wake.interface or settings.dhcp.interface,
             )
         )
     return services

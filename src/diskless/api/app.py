@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from diskless import __version__
 from diskless.boot.events import BootEvent
 from diskless.boot.machines import format_mac, parse_mac
+from diskless.inventory.importer import specs_from_csv
 from diskless.inventory.records import (
     AuditEntry,
     DiscoveredMac,
@@ -32,6 +33,8 @@ from diskless.inventory.records import (
 )
 from diskless.inventory.snapshot import DiskAssignment, InventorySnapshot
 from diskless.storage.disks import DiskMode
+from diskless.wol import parse_secureon, resolve_interface
+from diskless.wol.endpoint import send_magic_packet
 
 from .auth import Caller, CallerDep, authorize
 from .console import console
@@ -47,11 +50,15 @@ from .models import (
     HealthOut,
     ImageBody,
     ImageOut,
+    ImportBody,
+    ImportOut,
     ModeBody,
     RollbackBody,
     SettingBody,
     TokenBody,
     VersionOut,
+    WakeBody,
+    WakeOut,
 )
 
 __all__ = ["build_app"]
@@ -61,6 +68,7 @@ Limit = Annotated[int, Query(ge=1, le=10_000)]
 
 TAGS = [
     {"name": "machines", "description": "Known machines: boot target, image, disk mode"},
+    {"name": "wake", "description": "Wake-on-LAN: a magic packet out of one named interface"},
     {"name": "disks", "description": "A machine's copy-on-write disk: reset, commit, rollback"},
     {"name": "discovered", "description": "Unknown MACs that asked to boot"},
     {"name": "groups", "description": "Profiles whose settings machines inherit"},
@@ -123,6 +131,25 @@ async def list_machines(ctx: Ctx, caller: CallerDep) -> list[MachineRecord]:
 async def create_machine(ctx: Ctx, caller: CallerDep, spec: MachineSpec) -> MachineRecord:
     record = await asyncio.to_thread(ctx.inventory.create_machine, spec, actor=caller.actor)
     return _view(record, caller)
+
+
+@machines.post("/import", summary="Add machines from CSV text or a list, all or none")
+async def import_machines(ctx: Ctx, caller: CallerDep, body: ImportBody) -> ImportOut:
+    def run() -> ImportOut:
+        # A bad CSV cell is a 422 whose field names the line and column ("csv: line 3.mac").
+        specs = specs_from_csv(body.csv, source="csv") if body.csv is not None else body.machines
+        assert specs is not None  # ImportBody holds exactly one of the two
+        result = ctx.inventory.import_machines(
+            specs, actor=caller.actor, on_conflict=body.on_conflict
+        )
+        return ImportOut(
+            created=result.created,
+            updated=result.updated,
+            skipped=result.skipped,
+            groups_created=result.groups_created,
+        )
+
+    return await asyncio.to_thread(run)
 
 
 @machines.get("/{key}", summary="One machine, by MAC or hostname")
@@ -195,6 +222,43 @@ async def machine_boot_events(
     record = await asyncio.to_thread(ctx.inventory.get_machine, key)
     events = await asyncio.to_thread(ctx.inventory.boot_events, record.mac, limit=limit)
     return [BootEventOut.of(event) for event in events]
+
+
+@machines.post("/{key}/wake", tags=["wake"], summary="Send the machine a Wake-on-LAN packet")
+async def wake_machine(
+    ctx: Ctx, caller: CallerDep, key: str, body: WakeBody | None = None
+) -> WakeOut:
+    body = body or WakeBody()
+    record = await asyncio.to_thread(ctx.inventory.get_machine, key)
+    run_time = await asyncio.to_thread(ctx.inventory.settings)
+    group_interfaces = run_time.get("wake.group_interfaces")
+    interface, chosen_by = resolve_interface(
+        explicit=body.interface,
+        group=record.group,
+        group_interfaces=group_interfaces if isinstance(group_interfaces, dict) else {},
+        default=ctx.wake_interface,
+    )
+    password = parse_secureon(body.password) if body.password is not None else b""
+    sent = await asyncio.to_thread(
+        send_magic_packet, record.mac_bytes, interface, password=password
+    )
+    out = WakeOut(
+        mac=record.mac,
+        hostname=record.hostname,
+        interface=sent.interface,
+        interface_from=chosen_by,
+        address=sent.address,
+        port=sent.port,
+        bytes=sent.size,
+    )
+    await asyncio.to_thread(
+        ctx.inventory.record_action,
+        caller.actor,
+        "machine.wake",
+        record.mac,
+        detail=out.model_dump(exclude={"mac", "hostname"}),
+    )
+    return out
 
 
 # -- disks --------------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ class ApiContext:
     library: ImageLibrary
     events: BootEventStream
     metrics: ApiMetrics
+    wake_interface: str | None = None
+    """The server's Wake-on-LAN interface (``wake.interface``, else ``dhcp.interface``)."""
 
     @property
     def inventory(self) -> Inventory:

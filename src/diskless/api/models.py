@@ -11,12 +11,13 @@ from __future__ import annotations
 from ipaddress import IPv4Address
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from diskless.boot.machines import BootTarget
-from diskless.inventory.records import GroupName, Hostname, ImageName
+from diskless.inventory.records import GroupName, Hostname, ImageName, MachineSpec
 from diskless.storage.catalog import ImageRecord, ImageVersion
 from diskless.storage.disks import DiskInfo, DiskMode
+from diskless.wol import check_interface_name, parse_secureon
 
 __all__ = [
     "ApproveBody",
@@ -27,12 +28,16 @@ __all__ = [
     "DiskOut",
     "HealthOut",
     "ImageBody",
+    "ImportBody",
+    "ImportOut",
     "ImageOut",
     "ModeBody",
     "RollbackBody",
     "SettingBody",
     "TokenBody",
     "VersionOut",
+    "WakeBody",
+    "WakeOut",
 ]
 
 
@@ -165,3 +170,65 @@ class HealthOut(BaseModel):
     version: str
     inventory_serial: int
     machines: int
+
+
+class ImportBody(_Body):
+    """Machines to add in one transaction: CSV text (``csv``) or specs (``machines``)."""
+
+    csv: str | None = Field(
+        default=None,
+        max_length=16 << 20,
+        description="CSV, first row the column names (mac,hostname,ip,group,image,...)",
+    )
+    machines: list[MachineSpec] | None = Field(default=None, max_length=100_000)
+    on_conflict: Literal["error", "skip", "update"] = Field(
+        default="error", description="What a MAC that is already a machine gets"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ImportBody:
+        if (self.csv is None) == (self.machines is None):
+            raise ValueError("give either csv (CSV text) or machines (a list), not both")
+        return self
+
+
+class ImportOut(BaseModel):
+    """What the import did, by MAC; groups it had to create."""
+
+    created: list[str]
+    updated: list[str]
+    skipped: list[str]
+    groups_created: list[str]
+
+
+class WakeBody(_Body):
+    interface: str | None = Field(
+        default=None, description="Interface to send from (default: the configured one)"
+    )
+    password: str | None = Field(
+        default=None, description="SecureOn password: 6 bytes as a MAC, or 4 as an IPv4 address"
+    )
+
+    @field_validator("interface")
+    @classmethod
+    def _interface(cls, value: str | None) -> str | None:
+        return None if value is None else check_interface_name(value)
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_secureon(value)
+        return value
+
+
+class WakeOut(BaseModel):
+    """The magic packet sent: for which machine, out of which interface, to where."""
+
+    mac: str
+    hostname: str
+    interface: str
+    interface_from: str = Field(description="request, wake.group_interfaces[GROUP], or server")
+    address: str
+    port: int
+    bytes: int

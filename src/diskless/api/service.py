@@ -55,6 +55,7 @@ class ApiService:
         timeline: BootTimeline,
         library: ImageLibrary,
         stats: StatsReader | None = None,
+        wake_interface: str | None = None,
     ) -> None:
         self.settings = settings
         self.context = ApiContext(
@@ -63,6 +64,7 @@ class ApiService:
             library=library,
             events=BootEventStream(timeline),
             metrics=ApiMetrics(timeline, stats),
+            wake_interface=wake_interface,
         )
         self.app = build_app(self.context)
         self.ready = asyncio.Event()

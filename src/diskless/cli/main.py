@@ -3,7 +3,10 @@
 The root app owns ``--config``/``DISKLESS_CONFIG`` and ``--version``, stores a
 :class:`~diskless.cli.output.CliState` on ``ctx.obj`` for every sub-command, and is the one place
 where an expected failure (:class:`~diskless.errors.DisklessError`) becomes a one-line message
-and an exit status instead of a traceback. Sub-apps (``image``, ``disk``) live in their own modules.
+and an exit status instead of a traceback. Sub-apps live in their own modules: ``image``,
+``disk`` and ``export`` work on local storage; ``machine``, ``discovered``, ``group``,
+``token``, ``settings`` and the top-level ``status``, ``images``, ``audit`` and ``events`` talk
+to the running server's admin API (:mod:`diskless.cli.client`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pydantic import BaseModel
 from typer.core import TyperGroup
 
 from diskless import __version__, runtime
-from diskless.cli import disk, image
+from diskless.cli import discovered, disk, group, image, machine, server, server_settings, token
 from diskless.cli.export import export
 from diskless.cli.output import (
     EXIT_CONFIG,
@@ -60,7 +63,16 @@ config_app = typer.Typer(help="Show or check the configuration.", no_args_is_hel
 app.add_typer(image.app, name="image")
 app.add_typer(disk.app, name="disk")
 app.add_typer(config_app, name="config")
+app.add_typer(machine.app, name="machine")
+app.add_typer(discovered.app, name="discovered")
+app.add_typer(group.app, name="group")
+app.add_typer(token.app, name="token")
+app.add_typer(server_settings.app, name="settings")
 app.command()(export)
+app.command()(server.status)
+app.command()(server.images)
+app.command()(server.audit)
+app.command()(server.events)
 
 
 def _print_version(value: bool) -> None:
@@ -73,6 +85,23 @@ def _print_version(value: bool) -> None:
 def _root(
     ctx: typer.Context,
     config: ConfigOption = None,
+    api_url: Annotated[
+        str | None,
+        typer.Option(
+            "--api",
+            envvar="DISKLESS_API_URL",
+            help="Base URL of the admin API (default: http://api.host:api.port).",
+            show_default=False,
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            help="API token (default: the api.token setting, i.e. DISKLESS_API__TOKEN).",
+            show_default=False,
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -86,7 +115,7 @@ def _root(
     # Settings are loaded lazily by the state, so `config check` and `--help` work even when
     # the default configuration is broken.
     del version  # Handled by its eager callback.
-    ctx.obj = CliState(config_path=config)
+    ctx.obj = CliState(config_path=config, api_url=api_url, api_token=token)
 
 
 @app.command()

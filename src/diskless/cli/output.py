@@ -83,6 +83,10 @@ class CliState:
     """Per-invocation state the root app stores on ``ctx.obj``."""
 
     config_path: Path | None = None
+    api_url: str | None = None
+    """The admin API's base URL from ``--api`` / ``DISKLESS_API_URL`` (else from the settings)."""
+    api_token: str | None = None
+    """The token from ``--token`` (else the ``api.token`` setting)."""
     _settings: Settings | None = field(default=None, init=False, repr=False)
 
     @property

@@ -331,6 +331,13 @@ class Inventory:
             )
         )
 
+    def record_action(
+        self, actor: str, action: str, target: str, *, detail: dict[str, Any] | None = None
+    ) -> None:
+        """Audit an action that changes nothing stored (a Wake-on-LAN packet sent)."""
+        with self._change() as change:
+            self._audit(change, actor, action, target, after=detail)
+
     # -- snapshot ------------------------------------------------------------------------------
 
     def load_snapshot(self) -> InventorySnapshot:
