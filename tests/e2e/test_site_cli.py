@@ -209,11 +209,44 @@ def test_an_operator_runs_a_site_from_the_command_line(lab: NetLab, tmp_path: Pa
     site.start()
 
     # -- enrol two machines -------------------------------------------------------------------
-    for mac, host, ip in ((SEAT1_MAC, "seat-01", SEAT1_IP), (SEAT2_MAC, "seat-02", SEAT2_IP)):
-        site.diskless(
-            "machine", "add", mac, host, "--ip", ip, "--image", "debian", "--mode", "persistent"
-        )
-        site.diskless("machine", "disk", "create", host)
+    site.diskless(
+        "machine",
+        "add",
+        SEAT1_MAC,
+        "seat-01",
+        "--ip",
+        SEAT1_IP,
+        "--image",
+        "debian",
+        "--mode",
+        "persistent",
+    )
+    # Neither disk is created by hand: the server makes each from the machine's assignment.
+    site.diskless(
+        "machine",
+        "add",
+        SEAT2_MAC,
+        "seat-02",
+        "--ip",
+        SEAT2_IP,
+        "--image",
+        "debian",
+        "--mode",
+        "reset-on-boot",
+    )
+
+    def disk_of(host: str) -> dict[str, object]:
+        shown = site.json("machine", "disk", "show", host)
+        assert isinstance(shown, dict)
+        return shown
+
+    _wait(
+        lambda: site.diskless("machine", "disk", "show", "seat-02", check=False).returncode == 0,
+        "seat-02's disk",
+    )
+    assert disk_of("seat-01")["mode"] == "persistent"
+    assert disk_of("seat-02")["mode"] == "reset-on-boot"
+    assert disk_of("seat-02")["image"] == "debian"
     listed = site.json("machine", "list")
     assert isinstance(listed, list)
     assert sorted(machine["hostname"] for machine in listed) == ["seat-01", "seat-02"]
@@ -247,6 +280,12 @@ def test_an_operator_runs_a_site_from_the_command_line(lab: NetLab, tmp_path: Pa
     assert "Peripheral Device Type" in inquiry.stdout or "DIRECT_ACCESS" in inquiry.stdout.upper()
     foreign = lab.run(seat2, ["iscsi-inq", "-i", _initiator("seat-02"), url], check=False)
     assert foreign.returncode != 0, foreign.stdout
+    own = lab.run(
+        seat2, ["iscsi-ls", "-i", _initiator("seat-02"), f"iscsi://{SERVER_IP}:3260"]
+    ).stdout
+    assert [line.split()[0] for line in own.splitlines() if line.startswith("Target:")] == [
+        f"Target:{_target('seat-02')}"
+    ], own
     written = _qemu_io(lab, seat1, "seat-01", "write -P 0x5a 1M 64k")
     assert written.returncode == 0, written.stdout + written.stderr
 

@@ -28,7 +28,7 @@ from diskless.boot import (
 from diskless.config import Settings
 from diskless.exports import plan_exports
 from diskless.exports.endpoint import IscsiService
-from diskless.storage.disks import DiskMode
+from diskless.storage.disks import DiskMode, DiskSpec
 from diskless.storage.library import ImageLibrary
 
 PREFIX = "iqn.2026-11.org.diskless.test"
@@ -237,3 +237,51 @@ def test_worker_processes_serve_each_disk_on_its_shard_port(tmp_path: Path) -> N
     assert stages.count(BootStage.ISCSI_FIRST_WRITE) == len(machines)
     assert stages.count(BootStage.ISCSI_LOGIN) == 3 * len(machines)
     library.disks.open("seat-00").close()  # the workers closed their disks on shutdown
+
+
+@pytest.mark.skipif(QEMU_IO is None, reason="qemu-io (qemu-utils) not installed")
+def test_reset_on_boot_disks_follow_their_assignment_at_each_boot(tmp_path: Path) -> None:
+    # The super-client workflow: a prepared disk is committed as the image's next version; a
+    # reset-on-boot seat that tracks the latest version boots it at its next boot, and pinning
+    # the old version (a rollback of the site) takes it back at the boot after.
+    library = _library(tmp_path)
+    library.disks.create("super", "debian", mode=DiskMode.PERSISTENT)
+    with library.disks.open("super") as prepared:
+        prepared.device.write(2 * MiB, b"UPDATE-2" * 512)
+        prepared.flush()
+    timeline = BootTimeline()
+    latest = DiskSpec("debian", None, DiskMode.RESET_ON_BOOT)
+    service = IscsiService(
+        settings=Settings(data_dir=tmp_path / "data", iscsi={"host": "127.0.0.1", "port": 0}),
+        disks=library.disks,
+        # No disk "seat-01" yet: it is created from its assignment.
+        exports=plan_exports(MachineBook([SEAT]), PREFIX, {"seat-01": latest}),
+        timeline=timeline,
+    )
+    initiator = f"{PREFIX}:client.seat-01"
+
+    def boot(loop: asyncio.AbstractEventLoop) -> None:
+        event = BootEvent(SEAT.mac, BootStage.DHCP_OFFER, 0.0, "198.18.0.170 undionly.kpxe")
+        loop.call_soon_threadsafe(timeline.record, event)
+        threading.Event().wait(0.5)
+
+    with running(service) as (loop, port):
+        assert library.disks.get("seat-01").version == 1
+        assert "00 00 00 00" in _qemu_io(port, initiator, "read -v 2M 16")
+        library.disks.commit("super")  # version 2 of debian
+        assert "00 00 00 00" in _qemu_io(port, initiator, "read -v 2M 16")  # until it reboots
+        boot(loop)
+        assert library.disks.get("seat-01").version == 2
+        assert "55 50 44 41" in _qemu_io(port, initiator, "read -v 2M 16")  # "UPDA"
+        pinned = DiskSpec("debian", 1, DiskMode.RESET_ON_BOOT)
+        loop.call_soon_threadsafe(
+            service.apply_exports,
+            plan_exports(MachineBook([SEAT]), PREFIX, {"seat-01": pinned}),
+        )
+        threading.Event().wait(0.3)
+        # A new assignment does not pull the disk from under a running machine...
+        assert "55 50 44 41" in _qemu_io(port, initiator, "read -v 2M 16")
+        boot(loop)
+        # ...it takes effect at its next boot.
+        assert library.disks.get("seat-01").version == 1
+        assert "00 00 00 00" in _qemu_io(port, initiator, "read -v 2M 16")
