@@ -194,6 +194,7 @@ def build_services(settings: Settings, layout: DataLayout) -> list[Service]:
     services: list[Service] = []
     if state.inventory is not None:
         services.append(state.inventory)
+    iscsi: IscsiService | None = None
     if settings.iscsi.enabled:
         iscsi = IscsiService(
             settings=settings,
@@ -248,6 +249,7 @@ def build_services(settings: Settings, layout: DataLayout) -> list[Service]:
                 library=library,
                 stats=stats_from_services(list(services)),
                 wake_interface=settings.wake.interface or settings.dhcp.interface,
+                release_disk=iscsi.released if iscsi is not None else None,
             )
         )
     return services

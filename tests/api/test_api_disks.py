@@ -89,12 +89,12 @@ def test_a_served_disk_is_busy_409_not_a_crash(api: RunningApi) -> None:
     client.post("/machines", json=PC01)
     client.post("/machines/pc01/disk", json={"image": "debian"})
 
-    # What the iSCSI service does for a sanboot machine: hold the disk open (and locked).
+    # Another process holds the disk open (and locked): a `diskless export`, a second server.
     with api.library.disks.open("pc01", boot=True):
         for action, body in [("reset", None), ("commit", {}), ("rollback", {"version": 1})]:
             response = client.post(f"/machines/pc01/disk/{action}", json=body)
             assert response.status_code == 409, action
             assert "is busy" in response.json()["detail"]
-            assert "iSCSI" in response.json()["detail"]
+            assert "shut the machine down" in response.json()["detail"]
 
     assert client.post("/machines/pc01/disk/reset").status_code == 200

@@ -11,7 +11,9 @@ each client is a namespace of its own with a tool nobody here wrote:
 * switching the boot target with the CLI changes the next script; a next-boot-once is served
   once; the machine's boot timeline shows each step;
 * an unknown MAC that sends a DISCOVER is listed as discovered and approved with the CLI;
-* after a restart of the server, machines, the stranger's lease and the written data are there.
+* after a restart of the server, machines, the stranger's lease and the written data are there;
+* a super client's disk committed as the image's next version reaches a reset-on-boot machine at
+  its next boot, and pinning the old version takes it back (disks made from their assignment).
 """
 
 from __future__ import annotations
@@ -341,4 +343,21 @@ def test_an_operator_runs_a_site_from_the_command_line(lab: NetLab, tmp_path: Pa
     untouched = _qemu_io(lab, seat1, "seat-01", "read -P 0x67 0 1")  # 'g' of golden!
     assert untouched.returncode == 0
     assert "Pattern verification failed" not in untouched.stdout
+
+    # -- a golden image updated through a super client, then rolled back ------------------------
+    # seat-01 (persistent, its machine off) is the super client: what it wrote becomes version 2
+    # of the image; seat-02 (reset-on-boot, on the latest version) boots it at its next boot.
+    committed = site.json("machine", "disk", "commit", "seat-01", "--note", "pattern 5a")
+    assert isinstance(committed, dict)
+    assert committed["version"]["version"] == 2
+    assert disk_of("seat-02")["version"] == 1
+    _udhcpc(lab, seat2, tmp_path, "seat2-update")  # seat-02 reboots
+    _wait(lambda: disk_of("seat-02")["version"] == 2, "seat-02 on version 2")
+    updated = _qemu_io(lab, seat2, "seat-02", "read -v 1M 4")
+    assert "5a 5a 5a 5a" in updated.stdout, updated.stdout + updated.stderr
+    site.diskless("machine", "image", "seat-02", "debian", "--version", "1")
+    _udhcpc(lab, seat2, tmp_path, "seat2-rollback")
+    _wait(lambda: disk_of("seat-02")["version"] == 1, "seat-02 back on version 1")
+    rolled_back = _qemu_io(lab, seat2, "seat-02", "read -v 1M 4")
+    assert "67 6f 6c 64" in rolled_back.stdout, rolled_back.stdout + rolled_back.stderr  # "gold"
     site.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from diskless.config import Settings
 from diskless.exports import plan_exports
 from diskless.exports.endpoint import IscsiService
 from diskless.storage.disks import DiskMode, DiskSpec
+from diskless.storage.errors import ImageBusyError
 from diskless.storage.library import ImageLibrary
 
 PREFIX = "iqn.2026-11.org.diskless.test"
@@ -285,3 +287,59 @@ def test_reset_on_boot_disks_follow_their_assignment_at_each_boot(tmp_path: Path
         # ...it takes effect at its next boot.
         assert library.disks.get("seat-01").version == 1
         assert "00 00 00 00" in _qemu_io(port, initiator, "read -v 2M 16")
+
+
+@pytest.mark.skipif(QEMU_IO is None, reason="qemu-io (qemu-utils) not installed")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_exported_disk_is_released_for_admin_actions_unless_in_use(
+    tmp_path: Path, workers: int
+) -> None:
+    library = _library(tmp_path)
+    library.disks.create("seat-01", "debian", mode=DiskMode.PERSISTENT)
+    port = _free_port_pair()
+    settings = Settings(
+        data_dir=tmp_path / "data", iscsi={"host": "127.0.0.1", "port": port, "workers": workers}
+    )
+    exports = plan_exports(MachineBook([SEAT]), PREFIX)
+    service = IscsiService(settings=settings, disks=library.disks, exports=exports)
+    site = BootSite(server=IPv4Address("127.0.0.1"), iscsi_port=port, iscsi_workers=workers)
+    portal = f"127.0.0.1:{site.portal_port(exports[0].target_name)}"
+    opts = (
+        f"driver=iscsi,transport=tcp,portal={portal},target={PREFIX}:disk.seat-01,lun=0,"
+        f"initiator-name={PREFIX}:client.seat-01"
+    )
+
+    async def reset_while_released() -> str:
+        try:
+            async with service.released("seat-01"):
+                await asyncio.to_thread(library.disks.reset, "seat-01")
+        except ImageBusyError as exc:
+            return str(exc)
+        return "reset"
+
+    def attempt(loop: asyncio.AbstractEventLoop) -> str:
+        return asyncio.run_coroutine_threadsafe(reset_while_released(), loop).result(30)
+
+    with running(service) as (loop, _):
+        run_tool_ok([QEMU_IO, "--image-opts", opts, "-c", "write -P 0x5a 1M 4k"])
+        # A machine that is up holds a session: its disk is not pulled from under its OS.
+        holder = subprocess.Popen(
+            [QEMU_IO, "--image-opts", opts],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert holder.stdin is not None
+            holder.stdin.write("read 0 512\n")
+            holder.stdin.flush()
+            threading.Event().wait(1.0)  # logged in
+            refused = attempt(loop)
+            assert "in use by 1 iSCSI session" in refused
+            assert f"{PREFIX}:client.seat-01" in refused
+        finally:
+            holder.communicate("quit\n", timeout=30)
+        assert "5a 5a" in run_tool_ok([QEMU_IO, "--image-opts", opts, "-c", "read -v 1M 2"])
+        # The machine is off: the action runs, and the disk is served again right after.
+        assert attempt(loop) == "reset"
+        assert "00 00" in run_tool_ok([QEMU_IO, "--image-opts", opts, "-c", "read -v 1M 2"])

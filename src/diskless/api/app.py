@@ -318,27 +318,30 @@ async def create_disk(
 @disks.post("/reset", summary="Throw away everything the machine wrote")
 async def reset_disk(ctx: Ctx, caller: CallerDep, key: str) -> DiskOut:
     name, _ = await _disk_of(ctx, key)
-    await asyncio.to_thread(ctx.library.disks.reset, name)
+    async with ctx.release_disk(name):
+        await asyncio.to_thread(ctx.library.disks.reset, name)
     return await _disk_out(ctx, name)
 
 
 @disks.post("/commit", summary="Make the disk's content the image's next version")
 async def commit_disk(ctx: Ctx, caller: CallerDep, key: str, body: CommitBody) -> CommitOut:
     name, _ = await _disk_of(ctx, key)
-    result = await asyncio.to_thread(
-        ctx.library.disks.commit,
-        name,
-        image=body.image,
-        note=body.note,
-        keep_overlay=body.keep_overlay,
-    )
+    async with ctx.release_disk(name):
+        result = await asyncio.to_thread(
+            ctx.library.disks.commit,
+            name,
+            image=body.image,
+            note=body.note,
+            keep_overlay=body.keep_overlay,
+        )
     return CommitOut(version=VersionOut.of(result.version), disk=await _disk_out(ctx, name))
 
 
 @disks.post("/rollback", summary="Put the disk on another version (its writes are discarded)")
 async def rollback_disk(ctx: Ctx, caller: CallerDep, key: str, body: RollbackBody) -> DiskOut:
     name, _ = await _disk_of(ctx, key)
-    await asyncio.to_thread(ctx.library.disks.rollback, name, body.version, image=body.image)
+    async with ctx.release_disk(name):
+        await asyncio.to_thread(ctx.library.disks.rollback, name, body.version, image=body.image)
     return await _disk_out(ctx, name)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -14,7 +17,17 @@ from diskless.storage.library import ImageLibrary
 from .metrics import ApiMetrics
 from .stream import BootEventStream
 
-__all__ = ["ApiContext", "context"]
+__all__ = ["ApiContext", "DiskRelease", "context"]
+
+DiskRelease = Callable[[str], AbstractAsyncContextManager[None]]
+"""Closes a disk in the service that exports it for the ``async with`` block (the iSCSI
+service's ``released``); raises ``ImageBusyError`` while a machine uses it."""
+
+
+@contextlib.asynccontextmanager
+async def _nothing_to_release(disk: str) -> AsyncIterator[None]:
+    del disk  # No service exports disks (iSCSI is off): the disk lock alone protects it.
+    yield
 
 
 @dataclass(slots=True)
@@ -27,6 +40,7 @@ class ApiContext:
     metrics: ApiMetrics
     wake_interface: str | None = None
     """The server's Wake-on-LAN interface (``wake.interface``, else ``dhcp.interface``)."""
+    release_disk: DiskRelease = _nothing_to_release
 
     @property
     def inventory(self) -> Inventory:

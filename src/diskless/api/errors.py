@@ -53,9 +53,8 @@ async def _diskless_error(request: Request, exc: Exception) -> JSONResponse:
     elif isinstance(exc, ImageBusyError):
         body = {
             "detail": (
-                f"{exc} (the disk is busy: the iSCSI service serves it to its machine, or "
-                "another command is using it; shut the machine down or remove its disk "
-                "assignment, then retry)"
+                f"{exc} (the disk is busy: its machine is running, or another command is "
+                "using it; shut the machine down, then retry)"
             )
         }
     else:

@@ -23,7 +23,7 @@ from diskless.observe.log import get_logger
 from diskless.storage.library import ImageLibrary
 
 from .app import build_app
-from .context import ApiContext
+from .context import ApiContext, DiskRelease
 from .metrics import ApiMetrics, StatsReader
 from .stream import BootEventStream
 
@@ -56,6 +56,7 @@ class ApiService:
         library: ImageLibrary,
         stats: StatsReader | None = None,
         wake_interface: str | None = None,
+        release_disk: DiskRelease | None = None,
     ) -> None:
         self.settings = settings
         self.context = ApiContext(
@@ -66,6 +67,8 @@ class ApiService:
             metrics=ApiMetrics(timeline, stats),
             wake_interface=wake_interface,
         )
+        if release_disk is not None:
+            self.context.release_disk = release_disk
         self.app = build_app(self.context)
         self.ready = asyncio.Event()
         """Set once the listener is bound and uvicorn serves."""

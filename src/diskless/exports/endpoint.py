@@ -24,7 +24,7 @@ import contextlib
 import multiprocessing
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -40,6 +40,7 @@ from diskless.iscsi.target import Target, TargetRegistry, disk_target
 from diskless.observe.log import configure_logging, get_logger
 from diskless.storage.diskhandle import DiskHandle
 from diskless.storage.disks import DiskManager, DiskMode
+from diskless.storage.errors import ImageBusyError
 from diskless.storage.library import ImageLibrary
 
 __all__ = ["IscsiService"]
@@ -81,6 +82,8 @@ class _Shard:
         self._registry = TargetRegistry()
         self._by_target: dict[str, DiskExport] = {}
         self._portal: IscsiPortal | None = None
+        self._released: set[str] = set()
+        """Disks closed for an admin action (reset, commit, rollback) until restored."""
 
     async def run(self, on_ready: Callable[[Addresses], None]) -> None:
         try:
@@ -139,16 +142,57 @@ class _Shard:
                     del wanted[key]
                     continue
                 self._drop_sessions({key})
-                self._registry.remove(served.export.target_name)
-                self._by_target.pop(key, None)
-                self._close(served)
-                _log.info("disk no longer exported", disk=served.export.disk, target=key)
+                self._unexport(served)
             if kept:
                 self._served[mac] = kept
             else:
                 del self._served[mac]
         for export in wanted.values():
-            self._open(export, boot=True)
+            if export.disk not in self._released:
+                self._open(export, boot=True)
+
+    def release(self, disk: str) -> str | None:
+        """Close ``disk`` for an admin action; the reason it cannot be, if it is in use.
+
+        A disk with an iSCSI session is its running machine's: changing it under the OS would
+        corrupt what the OS has cached, so it is refused rather than pulled away.
+        """
+        names = {
+            served.export.target_name.casefold()
+            for group in self._served.values()
+            for served in group
+            if served.export.disk == disk
+        }
+        if names and self._portal is not None:
+            users = [
+                session
+                for session in self._portal.sessions.sessions()
+                if session.target_name is not None and session.target_name.casefold() in names
+            ]
+            if users:
+                initiators = sorted({session.initiator_name for session in users})
+                return (
+                    f"disk {disk!r} is in use by {len(users)} iSCSI session(s) of "
+                    f"{', '.join(initiators)}: shut its machine down first"
+                )
+        self._released.add(disk)
+        for mac, group in list(self._served.items()):
+            kept = [served for served in group if served.export.disk != disk]
+            for served in group:
+                if served.export.disk == disk:
+                    self._unexport(served)
+            if kept:
+                self._served[mac] = kept
+            else:
+                del self._served[mac]
+        return None
+
+    def restore(self, disk: str) -> None:
+        """Export ``disk`` again after :meth:`release` (as it is now: no boot reset)."""
+        self._released.discard(disk)
+        for export in self._exports:
+            if export.disk == disk and export.target_name.casefold() not in self._by_target:
+                self._open(export, boot=False)
 
     def _drop_sessions(self, names: set[str]) -> None:
         if self._portal is None:
@@ -206,6 +250,13 @@ class _Shard:
             image=f"{handle.record.image} v{handle.record.version}",
         )
 
+    def _unexport(self, served: _Served) -> None:
+        key = served.export.target_name.casefold()
+        self._registry.remove(served.export.target_name)
+        self._by_target.pop(key, None)
+        self._close(served)
+        _log.info("disk no longer exported", disk=served.export.disk, target=key)
+
     def _close(self, served: _Served) -> None:
         try:
             served.handle.flush()
@@ -250,6 +301,7 @@ class IscsiService:
     _shard: _Shard | None = None
     _workers: list[tuple[BaseProcess, Connection]] = field(default_factory=list)
     _worker_stats: dict[int, tuple[PortalStats, int, int]] = field(default_factory=dict)
+    _releases: dict[tuple[int, str], asyncio.Future[str | None]] = field(default_factory=dict)
 
     async def run(self) -> None:
         if self.settings.iscsi.workers > 1:
@@ -278,6 +330,47 @@ class IscsiService:
             group = [e for e in self.exports if iscsi_shard(e.target_name, count) == index]
             with contextlib.suppress(OSError, ValueError):
                 connection.send(("exports", group))
+
+    @contextlib.asynccontextmanager
+    async def released(self, disk: str) -> AsyncIterator[None]:
+        """``disk`` closed by the portal that serves it for the ``with`` block, then exported
+        again: how an admin action (reset, commit, rollback) reaches a disk that is exported but
+        whose machine is off. Raises :class:`ImageBusyError` while an iSCSI session uses it."""
+        if self._shard is not None:
+            problem = self._shard.release(disk)
+            if problem is not None:
+                raise ImageBusyError(problem)
+            try:
+                yield
+            finally:
+                self._shard.restore(disk)
+            return
+        owner = self._worker_of(disk)
+        if owner is None:
+            yield  # Not exported (or not started): nothing holds it.
+            return
+        connection = self._workers[owner][1]
+        answer: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._releases[(owner, disk)] = answer
+        try:
+            connection.send(("release", disk))
+            problem = await asyncio.wait_for(answer, _WORKER_START_TIMEOUT)
+        finally:
+            self._releases.pop((owner, disk), None)
+        if problem is not None:
+            raise ImageBusyError(problem)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                connection.send(("restore", disk))
+
+    def _worker_of(self, disk: str) -> int | None:
+        count = len(self._workers)
+        for export in self.exports:
+            if export.disk == disk and count:
+                return iscsi_shard(export.target_name, count)
+        return None
 
     def portal_stats(self) -> tuple[PortalStats, int, int] | None:
         """The portal's counters, its open sessions and the disks exported, for metrics.
@@ -377,6 +470,10 @@ class IscsiService:
             self._record(message[1])
         elif kind == "stats":
             self._worker_stats[index] = message[1]
+        elif kind == "released":
+            answer = self._releases.get((index, message[1]))
+            if answer is not None and not answer.done():
+                answer.set_result(message[2])
 
     async def _stop_workers(self, workers: list[tuple[BaseProcess, Connection]]) -> None:
         loop = asyncio.get_running_loop()
@@ -436,6 +533,10 @@ async def _worker(
             shard.new_boot(message[1])
         elif message[0] == "exports":
             shard.set_exports(message[1])
+        elif message[0] == "release":
+            connection.send(("released", message[1], shard.release(message[1])))
+        elif message[0] == "restore":
+            shard.restore(message[1])
         elif message[0] == "stop":
             stop.set()
 
