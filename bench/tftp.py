@@ -32,8 +32,9 @@ cgroup per server when cgroup v1 is mounted (tftpd-hpa's forked children include
 MB = 10^6 bytes. Every client runs with a timeout (``--client-timeout``) and a failed or wrong
 transfer (checked by size, and by SHA-256 once per server and file in the unrecorded warm-up pass)
 counts as an error. Runs are interleaved: each workload runs on both servers in turn, the order
-alternating every run. Cells are median (min-max) over ``--runs``; the ratio is ours/tftpd-hpa
-of the medians. Nothing is written outside the temporary work directory except, with
+alternating every run. A 1 MiB measurement is the median of 15 transfers in a row (one takes
+~20 ms, within scheduling noise); a 32 MiB one is a single transfer. Cells are median (min-max)
+over ``--runs``; the ratio is ours/tftpd-hpa of the medians. Nothing is written outside the temporary work directory except, with
 ``--write-docs``, the ``TFTP server`` section of docs/benchmarks.md (between
 ``<!-- BEGIN tftp -->`` and ``<!-- END tftp -->``; the rest of the file is kept).
 """
@@ -69,6 +70,9 @@ CURL = shutil.which("curl")
 ATFTP = shutil.which("atftp")
 IN_TFTPD = "/usr/sbin/in.tftpd"
 FILES = {"f1m": MiB, "f32m": 32 * MiB}
+# A 1 MiB transfer takes ~20 ms, within the scheduler's noise (which core each side lands on):
+# one measurement of it is the median of this many transfers in a row.
+SMALL_FILE_REPEATS = 15
 LABELS = ("ours", "tftpd-hpa")
 PROBES = {"py-blocking": "blocking", "py-epoll": "epoll", "py-asyncio": "asyncio"}  # label -> kind
 
@@ -83,10 +87,15 @@ class Workload:
     window_size: int | None = None
     goal: float | None = None  # ours/tftpd-hpa at least this
 
+    @property
+    def repeats(self) -> int:
+        """Transfers in one measurement (its value is their median)."""
+        return 1 if self.tool == "concurrent" or FILES[self.file] > MiB else SMALL_FILE_REPEATS
+
     def packets(self, concurrent: int) -> int:
         """DATA packets one measurement sends (each client's file ends with a short block)."""
         per_file = FILES[self.file] // self.block_size + 1
-        return per_file * (concurrent if self.tool == "concurrent" else 1)
+        return per_file * (concurrent if self.tool == "concurrent" else self.repeats)
 
 
 def workloads(concurrent: int) -> list[Workload]:
@@ -468,10 +477,18 @@ def atftp_command(port: int, work: Workload, out: str) -> list[str]:
 
 
 def run_once(port: int, work: Workload, out: Path, timeout: float) -> float | None:
-    """MB/s of one measurement, or None if it failed."""
-    size = FILES[work.file]
+    """MB/s of one measurement (the median of ``work.repeats`` transfers), None if one failed."""
     if work.tool == "concurrent":
         return run_concurrent(port, work, out, timeout)
+    values = [run_transfer(port, work, out, timeout) for _ in range(work.repeats)]
+    if any(value is None for value in values):
+        return None
+    return statistics.median(value for value in values if value is not None)
+
+
+def run_transfer(port: int, work: Workload, out: Path, timeout: float) -> float | None:
+    """MB/s of one transfer by one client, or None if it failed."""
+    size = FILES[work.file]
     command = (curl_command if work.tool == "curl" else atftp_command)(port, work, str(out))
     started = time.monotonic()
     try:
@@ -676,14 +693,16 @@ with and without `--option "windowsize 8"`; time = the atftp process's wall time
 included). tftpd-hpa ignores windowsize, so its windowsize rows are lock-step. The concurrent row
 starts {args.concurrent} curl clients at once, each fetching the 1 MiB file at blksize 1468, and
 divides the {args.concurrent} MiB by the time until the last one finished. MB = 10^6 bytes.
-Cells: median (min-max) of {args.runs} runs, interleaved (the server order alternates each run)
+A 1 MiB measurement is the median of {SMALL_FILE_REPEATS} transfers in a row (one takes ~20 ms, within
+the scheduler's noise); a 32 MiB one is one transfer. Cells: median (min-max) of {args.runs} runs, interleaved (the server order alternates each run)
 after one unrecorded warm-up pass that also checks every file's SHA-256 through both clients. The
 ratio divides the medians. The clients and both servers share the machine's 2 vCPUs; lock-step
 TFTP is bound by round trips between two processes (research/baselines.md §1: about 35,000 per
 second between two Python processes), so those rows measure latency per packet, not bandwidth.
 
 Our service runs its data path in a thread of its own on a `select.epoll` loop (the asyncio loop
-only starts and stops it). Server CPU is the cpuacct time of each server's cgroup (tftpd-hpa's
+only starts and stops it); while one transfer runs alone, the thread waits for its next ACK in a
+blocking receive (at most 1 ms, 64 ACKs in a row) rather than in `epoll_wait`. Server CPU is the cpuacct time of each server's cgroup (tftpd-hpa's
 forked children included) over each measured run, divided by the DATA packets sent. The last
 three columns are ceilings, not competitors: minimal Python servers that serve the same files from
 memory with no timers, no retransmission and no checks, one on a blocking socket (one transfer at
