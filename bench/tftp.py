@@ -34,8 +34,9 @@ transfer (checked by size, and by SHA-256 once per server and file in the unreco
 counts as an error. Runs are interleaved: each workload runs on both servers in turn, the order
 alternating every run. A 1 MiB measurement is the median of 15 transfers in a row (one takes
 ~20 ms, within scheduling noise); a 32 MiB one is a single transfer. Cells are median (min-max)
-over ``--runs``; the ratio is ours/tftpd-hpa of the medians. Nothing is written outside the temporary work directory except, with
-``--write-docs``, the ``TFTP server`` section of docs/benchmarks.md (between
+over ``--runs``; the ratio is ours/tftpd-hpa of the medians. Nothing is written outside the
+temporary work directory except, with ``--write-docs``, the ``TFTP server`` section of
+docs/benchmarks.md (between
 ``<!-- BEGIN tftp -->`` and ``<!-- END tftp -->``; the rest of the file is kept).
 """
 
@@ -693,17 +694,19 @@ with and without `--option "windowsize 8"`; time = the atftp process's wall time
 included). tftpd-hpa ignores windowsize, so its windowsize rows are lock-step. The concurrent row
 starts {args.concurrent} curl clients at once, each fetching the 1 MiB file at blksize 1468, and
 divides the {args.concurrent} MiB by the time until the last one finished. MB = 10^6 bytes.
-A 1 MiB measurement is the median of {SMALL_FILE_REPEATS} transfers in a row (one takes ~20 ms, within
-the scheduler's noise); a 32 MiB one is one transfer. Cells: median (min-max) of {args.runs} runs, interleaved (the server order alternates each run)
-after one unrecorded warm-up pass that also checks every file's SHA-256 through both clients. The
+A 1 MiB measurement is the median of {SMALL_FILE_REPEATS} transfers in a row (one takes ~20 ms,
+within the scheduler's noise); a 32 MiB one is one transfer. Cells: median (min-max) of
+{args.runs} runs, interleaved (the server order alternates each run) after one unrecorded warm-up
+pass that also checks every file's SHA-256 through both clients. The
 ratio divides the medians. The clients and both servers share the machine's 2 vCPUs; lock-step
 TFTP is bound by round trips between two processes (research/baselines.md §1: about 35,000 per
 second between two Python processes), so those rows measure latency per packet, not bandwidth.
 
 Our service runs its data path in a thread of its own on a `select.epoll` loop (the asyncio loop
 only starts and stops it); while one transfer runs alone, the thread waits for its next ACK in a
-blocking receive (at most 1 ms, 64 ACKs in a row) rather than in `epoll_wait`. Server CPU is the cpuacct time of each server's cgroup (tftpd-hpa's
-forked children included) over each measured run, divided by the DATA packets sent. The last
+blocking receive (at most 1 ms, 64 ACKs in a row) rather than in `epoll_wait`. Server CPU is
+the cpuacct time of each server's cgroup (tftpd-hpa's forked children included) over each measured
+run, divided by the DATA packets sent. The last
 three columns are ceilings, not competitors: minimal Python servers that serve the same files from
 memory with no timers, no retransmission and no checks, one on a blocking socket (one transfer at
 a time), one on a `select.epoll` loop as ours is, and one on asyncio `loop.add_reader`
