@@ -121,6 +121,10 @@ class Sample:
         return 100 * self.server_cpu / self.wall
 
     @property
+    def client_pct(self) -> float:
+        return 100 * self.client_cpu / self.wall
+
+    @property
     def other_pct(self) -> float:
         return 100 * self.other_cpu / self.wall
 
@@ -1015,8 +1019,9 @@ class Bench:
     def table(self) -> str:
         lines = [
             "| workload | unit | ours | tgt | ours/tgt (per-run range) | goal | "
-            "server CPU %core ours / tgt | server CPU µs per command ours / tgt | errors |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "server CPU %core ours / tgt | server CPU µs per command ours / tgt | "
+            "client CPU %core with ours / tgt | errors |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for work in self.rows:
             ours = self.cells[(work.key, "ours")]
@@ -1034,6 +1039,7 @@ class Bench:
                 f"**{ratio:.2f}** ({lo:.2f}-{hi:.2f}) | {goal} | "
                 f"{ours.med('server_pct'):.0f} / {ref.med('server_pct'):.0f} | "
                 f"{fmt(ours.med('us_per_command'))} / {fmt(ref.med('us_per_command'))} | "
+                f"{ours.med('client_pct'):.0f} / {ref.med('client_pct'):.0f} | "
                 f"{errors} |"
             )
         return "\n".join(lines)
@@ -1180,8 +1186,10 @@ above it is what the overlays cost. Cells: median (min-max) of {args.runs} runs,
 ours/tgt (the order alternates each run) after one unrecorded warm-up pass. The ratio divides the
 medians; the range in parentheses is over the per-run ratios. Server CPU: utime+stime of the
 server's process tree over the measured interval (logins included) as % of one core, and per
-command. Clients and servers share the machine's 2 vCPUs, so every figure is for the pair; "other"
-CPU is the machine's busy time minus the servers', the clients' and the script's own.
+command; client CPU: the same for the client processes (iscsi-perf, qemu-img) of the row, against
+each server. Clients and servers share the machine's 2 vCPUs, so every figure is for the pair
+(a single-threaded client near 100% is the limit of its row, whichever the server); "other" CPU
+is the machine's busy time minus the servers', the clients' and the script's own.
 
 {bench.load_note()}.
 
