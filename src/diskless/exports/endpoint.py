@@ -24,6 +24,7 @@ import contextlib
 import multiprocessing
 import signal
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
@@ -82,8 +83,9 @@ class _Shard:
         self._registry = TargetRegistry()
         self._by_target: dict[str, DiskExport] = {}
         self._portal: IscsiPortal | None = None
-        self._released: set[str] = set()
-        """Disks closed for an admin action (reset, commit, rollback) until restored."""
+        self._released: Counter[str] = Counter()
+        """Disks closed for admin actions (reset, commit, rollback), each until its last action
+        ends (two may overlap; the disk lock lets one run)."""
 
     async def run(self, on_ready: Callable[[Addresses], None]) -> None:
         try:
@@ -175,7 +177,7 @@ class _Shard:
                     f"disk {disk!r} is in use by {len(users)} iSCSI session(s) of "
                     f"{', '.join(initiators)}: shut its machine down first"
                 )
-        self._released.add(disk)
+        self._released[disk] += 1
         for mac, group in list(self._served.items()):
             kept = [served for served in group if served.export.disk != disk]
             for served in group:
@@ -189,7 +191,10 @@ class _Shard:
 
     def restore(self, disk: str) -> None:
         """Export ``disk`` again after :meth:`release` (as it is now: no boot reset)."""
-        self._released.discard(disk)
+        self._released[disk] -= 1
+        if self._released[disk] > 0:
+            return
+        del self._released[disk]
         for export in self._exports:
             if export.disk == disk and export.target_name.casefold() not in self._by_target:
                 self._open(export, boot=False)
