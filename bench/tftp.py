@@ -265,10 +265,19 @@ class Server:
 
 
 @contextlib.contextmanager
-def start_server(label: str, root: Path, log: Path) -> Iterator[Server]:
+def start_server(label: str, root: Path, log: Path, workers: int = 1) -> Iterator[Server]:
     port = free_udp_port()
     if label == "ours":
-        command = [sys.executable, __file__, "--serve", str(root), "--port", str(port)]
+        command = [
+            sys.executable,
+            __file__,
+            "--serve",
+            str(root),
+            "--port",
+            str(port),
+            "--tftp-workers",
+            str(workers),
+        ]
     elif label in PROBES:
         kind = PROBES[label]
         command = [
@@ -294,7 +303,7 @@ def start_server(label: str, root: Path, log: Path) -> Iterator[Server]:
         cpu.remove()
 
 
-def serve(root: Path, port: int) -> None:
+def serve(root: Path, port: int, workers: int = 1) -> None:
     """``--serve``: run our TFTP service on 127.0.0.1:port until SIGTERM."""
     import asyncio
 
@@ -306,7 +315,8 @@ def serve(root: Path, port: int) -> None:
     configure_logging(LoggingSettings(level="warning"))
 
     async def run() -> None:
-        service = TftpService(TftpSettings(host="127.0.0.1", port=port), BootSettings(), root)
+        settings = TftpSettings(host="127.0.0.1", port=port, workers=workers)
+        service = TftpService(settings, BootSettings(), root)
         task = asyncio.create_task(service.run())
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
@@ -573,7 +583,9 @@ class Bench:
         out = self.work / "out"
         with contextlib.ExitStack() as stack:
             servers = {
-                label: stack.enter_context(start_server(label, root, self.work / f"{label}.log"))
+                label: stack.enter_context(
+                    start_server(label, root, self.work / f"{label}.log", self.args.tftp_workers)
+                )
                 for label in self.labels
             }
             for label in LABELS:
@@ -686,7 +698,8 @@ def render_docs(bench: Bench, command: str, notes: str, elapsed: float) -> str:
 
 Measured {notes}. Command: `{command}` ({elapsed:.0f} s).
 
-Our TFTP service (`diskless.tftp.TftpService`, default settings, its own process) against Debian's
+Our TFTP service (`diskless.tftp.TftpService`, default settings but `tftp.workers =
+{args.tftp_workers}`, its own process{"es" if args.tftp_workers > 1 else ""}) against Debian's
 tftpd-hpa (`in.tftpd -L -a 127.0.0.1:PORT -u nobody -s ROOT`, one forked child per transfer),
 side by side on 127.0.0.1, serving the same random files from a tmpfs. Clients are C: curl
 (lock-step, no windowsize option; time = curl's `time_total`) and atftp (`--option "blksize 1468"`,
@@ -740,6 +753,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=True,
         help="also measure three minimal Python servers (blocking, epoll, asyncio): the ceilings",
     )
+    parser.add_argument(
+        "--tftp-workers",
+        type=int,
+        default=1,
+        help="processes of our server (as tftp.workers in diskless serve)",
+    )
     parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
     # internal: our server
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
@@ -754,7 +773,7 @@ def main(argv: list[str]) -> None:
         if args.probe is not None:
             serve_probe(args.probe, args.serve, args.port)
         else:
-            serve(args.serve, args.port)
+            serve(args.serve, args.port, args.tftp_workers)
         return
     missing = [
         name

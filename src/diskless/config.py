@@ -213,6 +213,15 @@ class TftpSettings(_Section):
             "two sockets and a file: keep it under a third of the open-file limit)"
         ),
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "Processes serving transfers, each with its own thread and core; the kernel spreads "
+            "the clients' requests over them (SO_REUSEPORT)"
+        ),
+    )
 
 
 class HttpSettings(_Section):

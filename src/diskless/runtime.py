@@ -229,6 +229,7 @@ def build_services(settings: Settings, layout: DataLayout) -> list[Service]:
                 settings.tftp.root or layout.root / "tftp",
                 timeline=state.timeline,
                 mac_for_address=state.mac_for_address,
+                logging=settings.logging,
             )
         )
     if settings.dhcp.interface is not None:

@@ -62,7 +62,7 @@ def stats_from_services(services: Sequence[object]) -> StatsReader:
             if isinstance(service, DhcpService) and service.stats is not None:
                 counters.update({f"dhcp_{k}": v for k, v in asdict(service.stats).items()})
             elif isinstance(service, TftpService):
-                counters.update({f"tftp_{k}": v for k, v in service.stats.as_dict().items()})
+                counters.update({f"tftp_{k}": v for k, v in service.counters().items()})
             elif isinstance(service, HttpBootService):
                 http = service.stats
                 counters.update({f"http_{k}": v for k, v in http.as_dict().items()})

@@ -35,6 +35,16 @@ per datagram. Nothing a client sends can stop the service: bad datagrams are cou
 a transfer whose socket fails is ended on its own, and an unexpected error in one transfer ends
 that transfer, logged, not the thread. :class:`VirtualFiles` providers are called from the
 thread.
+
+**Worker processes.** One thread is one core. With ``tftp.workers = N > 1`` the service also
+spawns N - 1 processes, each a :class:`TftpService` of its own (thread, epoll, transfers) on the
+same port: every listener is bound with ``SO_REUSEPORT``, so the kernel spreads the clients over
+the processes by their address, and a client's retransmitted request reaches the process that
+already serves it. A worker tells the main process over a pipe about each transfer it finished
+(the boot timeline and the MAC lookup stay in the main process) and reports its counters once a
+second when they changed; :meth:`TftpService.counters` sums them. Virtual files are served by the
+main process only (a provider is a Python callable that cannot cross into a spawned process), so
+a service with virtual files runs one process.
 """
 
 from __future__ import annotations
@@ -44,20 +54,24 @@ import contextlib
 import ctypes
 import errno
 import heapq
+import multiprocessing
 import os
 import select
+import signal
 import socket
 import struct
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from diskless.boot.events import BootEvent, BootStage, BootTimeline
-from diskless.config import BootSettings, TftpSettings
-from diskless.errors import ConfigError
-from diskless.observe.log import get_logger
+from diskless.config import BootSettings, LoggingSettings, TftpSettings
+from diskless.errors import ConfigError, DisklessError
+from diskless.observe.log import configure_logging, get_logger
 
 from .codec import (
     MAX_REQUEST_LENGTH,
@@ -163,6 +177,11 @@ class _Alarm:
 # How long close() waits for the thread (it stops within one wake-up unless a virtual file
 # provider hangs it).
 _STOP_TIMEOUT = 10.0
+_WORKER_START_TIMEOUT = 60.0
+# How often a worker reports its counters to the main process (only when they changed).
+_STATS_INTERVAL = 1.0
+SentHook = Callable[[str, str], None]
+"""Called on the event loop with (client address, file name) for each completed transfer."""
 
 
 @dataclass(eq=False, slots=True)
@@ -219,8 +238,19 @@ class TftpService:
         virtual: VirtualFiles | None = None,
         *,
         mac_for_address: MacResolver | None = None,
+        logging: LoggingSettings | None = None,
+        on_sent: SentHook | None = None,
+        spawn_workers: bool = True,
     ) -> None:
         self._settings = settings
+        self._boot = boot
+        self._root = root
+        self._logging = logging
+        self._on_sent = on_sent
+        self._worker_count = settings.workers if spawn_workers and virtual is None else 1
+        self._reuse_port = settings.workers > 1
+        self._workers: list[tuple[BaseProcess, Connection]] = []
+        self._worker_stats: dict[int, dict[str, int]] = {}
         self._catalog = FileCatalog(
             root=root,
             ipxe_dir=boot.ipxe_dir,
@@ -271,6 +301,14 @@ class TftpService:
     def active_transfers(self) -> int:
         return len(self._transfers)
 
+    def counters(self) -> dict[str, int]:
+        """This process's counters plus the latest report of every worker process."""
+        totals = self.stats.as_dict()
+        for report in self._worker_stats.values():
+            for name, value in report.items():
+                totals[name] = totals.get(name, 0) + value
+        return totals
+
     async def start(self) -> tuple[str, int]:
         """Bind the listening socket and start the thread that serves; returns the bound address.
 
@@ -289,6 +327,10 @@ class TftpService:
             # No SO_REUSEADDR: on UDP it would let a second server (tftpd-hpa, dnsmasq) bind
             # port 69 beside us and silently take half the requests.
             listener.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
+            if self._reuse_port:
+                # Only for our own worker processes: SO_REUSEPORT admits sockets of the same
+                # user that set it too, which tftpd-hpa or dnsmasq never do.
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             listener.bind(infos[0][4])
             listener.setblocking(False)
         except OSError as exc:
@@ -315,7 +357,9 @@ class TftpService:
         self._thread.start()
         address = self.address
         assert address is not None
-        _log.info("tftp listening", host=address[0], port=address[1])
+        if self._worker_count > 1:
+            await self._start_workers(address[1])
+        _log.info("tftp listening", host=address[0], port=address[1], processes=self._worker_count)
         self.ready.set()
         return address
 
@@ -331,7 +375,8 @@ class TftpService:
 
     def close(self) -> None:
         """Stop the thread, end every transfer (their sockets and files are closed), stop
-        listening. Idempotent; call it from the event loop's thread."""
+        listening, stop the worker processes. Idempotent; call it from the event loop's thread."""
+        self._stop_workers()
         thread = self._thread
         if thread is not None:
             self._stopping = True
@@ -711,7 +756,9 @@ class TftpService:
         client, name = transfer.client, transfer.request.filename
         seconds = round(time.monotonic() - transfer.started, 3)
         if machine.outcome is Outcome.COMPLETED:
-            if self._timeline is not None and self._mac_for_address is not None:
+            if self._on_sent is not None:
+                self._call_on_loop(self._on_sent, client[0], name)
+            elif self._timeline is not None and self._mac_for_address is not None:
                 self._call_on_loop(self._record, client[0], name)
             self.stats.transfers_completed += 1
             _log.info(
@@ -756,6 +803,144 @@ class TftpService:
         mac = self._mac_for_address(address)
         if mac is not None:
             self._timeline.record(BootEvent(mac, BootStage.TFTP_SENT, time.time(), detail=name))
+
+    # -- worker processes ----------------------------------------------------------------------
+
+    async def _start_workers(self, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        context = multiprocessing.get_context("spawn")
+        settings = self._settings.model_copy(update={"port": port})
+        started: list[asyncio.Future[None]] = []
+        for index in range(1, self._worker_count):
+            parent_end, child_end = context.Pipe()
+            process = context.Process(
+                target=_worker_main,
+                args=(settings, self._boot, self._root, self._logging, child_end),
+                name=f"diskless-tftp-{index}",
+                daemon=True,
+            )
+            process.start()
+            child_end.close()
+            self._workers.append((process, parent_end))
+            future: asyncio.Future[None] = loop.create_future()
+            started.append(future)
+            loop.add_reader(parent_end.fileno(), self._from_worker, index, parent_end, future)
+        done, pending = await asyncio.wait(started, timeout=_WORKER_START_TIMEOUT)
+        if pending:
+            raise DisklessError("tftp: a worker process did not start in time")
+        for future in done:
+            future.result()  # a worker that could not bind raises its ConfigError here
+
+    def _from_worker(
+        self, index: int, connection: Connection, started: asyncio.Future[None]
+    ) -> None:
+        try:
+            message = connection.recv()
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(connection.fileno())
+            failure = DisklessError(f"tftp: worker process {index} exited")
+            if not started.done():
+                started.set_exception(failure)
+            elif self._failed is not None and not self._failed.done():
+                self._failed.set_exception(failure)  # run() ends, and with it the service
+            return
+        kind = message[0]
+        if kind == "sent":
+            self._record(message[1], message[2])
+        elif kind == "stats":
+            self._worker_stats[index] = message[1]
+        elif kind == "ready" and not started.done():
+            started.set_result(None)
+        elif kind == "failed" and not started.done():
+            started.set_exception(ConfigError(message[1]))
+
+    def _stop_workers(self) -> None:
+        workers, self._workers = self._workers, []
+        loop = self._loop
+        for _process, connection in workers:
+            if loop is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    loop.remove_reader(connection.fileno())
+            with contextlib.suppress(OSError, ValueError):
+                connection.send(("stop",))
+        for process, connection in workers:
+            # Each worker ends its transfers and closes its sockets before it exits.
+            process.join(_STOP_TIMEOUT)
+            if process.is_alive():
+                _log.error("tftp worker did not stop; killing it", pid=process.pid)
+                process.kill()
+                process.join(5)
+            connection.close()
+
+
+def _worker_main(
+    settings: TftpSettings,
+    boot: BootSettings,
+    root: Path,
+    logging: LoggingSettings | None,
+    connection: Connection,
+) -> None:
+    """A worker process: a :class:`TftpService` on the main one's port, steered over a pipe."""
+    # The main process decides when to stop (a signal reaches the whole process group too).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if logging is not None:
+        configure_logging(logging)
+    try:
+        asyncio.run(_worker(settings, boot, root, connection))
+    except DisklessError as exc:
+        with contextlib.suppress(OSError):
+            connection.send(("failed", str(exc)))
+        raise SystemExit(1) from exc
+
+
+async def _worker(
+    settings: TftpSettings, boot: BootSettings, root: Path, connection: Connection
+) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    service = TftpService(
+        settings,
+        boot,
+        root,
+        on_sent=lambda address, name: connection.send(("sent", address, name)),
+        spawn_workers=False,
+    )
+
+    def from_main() -> None:
+        try:
+            message = connection.recv()
+        except (EOFError, OSError):
+            stop.set()  # The main process is gone: stop serving.
+            return
+        if message[0] == "stop":
+            stop.set()
+
+    await service.start()
+    connection.send(("ready",))
+    loop.add_reader(connection.fileno(), from_main)
+    serving = asyncio.create_task(service.run())
+    stopping = asyncio.create_task(stop.wait())
+    reporting = asyncio.create_task(_report_stats(service, connection))
+    await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (reporting, serving, stopping):
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await serving
+
+
+async def _report_stats(service: TftpService, connection: Connection) -> None:
+    """Send the worker's counters to the main process when they change, once a second."""
+    last: dict[str, int] | None = None
+    while True:
+        await asyncio.sleep(_STATS_INTERVAL)
+        report = service.stats.as_dict()
+        if report != last:
+            try:
+                connection.send(("stats", report))
+            except (OSError, ValueError):
+                return  # The main process is gone; from_main stops the worker.
+            last = report
 
 
 def _local_address(ancillary: list[tuple[int, int, bytes]], listener: socket.socket) -> str:
