@@ -244,6 +244,13 @@ class FullFeatureConnection:
             result = absent_lun_result(command.cdb)
             self._respond(command, result, transferred_plan=None, out=out)
             return
+        if not command.write:
+            extents = self._lu.plain_read(command.cdb, self._nexus)
+            if extents is not None:
+                # What the general path below answers for it, without its plan and checks.
+                result = CommandResult(ScsiStatus.GOOD, b"", extents)
+                self._respond(command, result, transferred_plan=None, out=out)
+                return
         plan = self._lu.plan(command.cdb)
         if isinstance(plan, CommandResult):
             self._forget_data_out(command)
@@ -509,6 +516,25 @@ class FullFeatureConnection:
                 underflow=underflow,
             )
             out.append(Frame(header))
+            return
+        if status is not None and length <= self._segment:
+            # One PDU carrying the status, what most reads of a boot are: no cutting loop.
+            whole = sum(extent.length for extent in extents) == length
+            header = encode_data_in(
+                itt=command.itt,
+                datasn=0,
+                buffer_offset=0,
+                data_length=length,
+                expcmdsn=self._window.expcmdsn,
+                maxcmdsn=self._window.maxcmdsn,
+                statsn=self._take_statsn(),
+                status=status,
+                residual_count=residual if (overflow or underflow) else 0,
+                overflow=overflow,
+                underflow=underflow,
+            )
+            piece = extents if whole else next(_split_extents(extents, length, length))
+            out.append(Frame(header, piece, length))
             return
         burst = self._params.max_burst_length
         offset = 0

@@ -22,9 +22,10 @@ from diskless.scsi.sense import CheckCondition, FieldPointer
 if TYPE_CHECKING:
     from diskless.scsi.lu import LogicalUnit
 
-__all__ = ["COMMANDS", "lookup", "supported_commands_data"]
+__all__ = ["COMMANDS", "NACA", "lookup", "supported_commands_data"]
 
-_NACA = 0x04  # CONTROL byte: normal ACA, which we do not support (SAM-5 §5.9)
+NACA = 0x04
+"""CONTROL byte: normal ACA, which we do not support (SAM-5 §5.9)."""
 _SERVICE_ACTION_MASK = 0x1F
 _RCTD = 0x80  # RSOC byte 2: return command timeouts descriptors
 _REPORTING_OPTIONS_MASK = 0x07
@@ -360,6 +361,6 @@ def lookup(cdb: bytes) -> Command:
     size = command.cdb_length
     if len(cdb) < size:
         raise CheckCondition(SenseKey.ILLEGAL_REQUEST, Asc.INVALID_FIELD_IN_CDB)
-    if cdb[size - 1] & _NACA:
+    if cdb[size - 1] & NACA:
         raise invalid_field(size - 1, 2)
     return command

@@ -34,16 +34,17 @@ from collections.abc import Hashable
 from enum import StrEnum
 
 from diskless.observe.log import get_logger
-from diskless.scsi.cdb import DATA_OUT_LENGTH_FIELDS
-from diskless.scsi.commands import lookup
+from diskless.scsi.cdb import DATA_OUT_LENGTH_FIELDS, LAYOUT_10, LAYOUT_16, BlockLayout
+from diskless.scsi.commands import NACA, lookup
 from diskless.scsi.constants import Asc, DataDirection, ScsiStatus, SenseKey
 from diskless.scsi.dispatch import Command
 from diskless.scsi.identity import BlockLimits, LuIdentity
 from diskless.scsi.inquiry import InquiryData
 from diskless.scsi.mode import ModePages
 from diskless.scsi.result import CommandPlan, CommandResult
+from diskless.scsi.sbc import PROTECT_FIELDS
 from diskless.scsi.sense import CheckCondition, fixed_sense
-from diskless.storage.blockdev import BlockDevice
+from diskless.storage.blockdev import BlockDevice, Extent
 from diskless.storage.errors import OutOfRangeError, ReadOnlyError, StorageError
 
 __all__ = ["LogicalUnit", "ResetReason"]
@@ -61,6 +62,7 @@ MAX_PENDING_UNIT_ATTENTIONS = 8
 _RESET_CLASS = 0x29  # ASC 29h: every kind of reset; a newer one supersedes an older one
 _NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _VERIFY_OPCODES = frozenset({0x2F, 0xAF, 0x8F})
+_PLAIN_READS: dict[int, BlockLayout] = {0x28: LAYOUT_10, 0x88: LAYOUT_16}  # READ(10), READ(16)
 
 
 class ResetReason(StrEnum):
@@ -181,6 +183,35 @@ class LogicalUnit:
             return command.plan(self, cdb)
         except CheckCondition as error:
             return CommandResult.check_condition(error)
+
+    def plain_read(self, cdb: bytes, nexus: Hashable) -> list[Extent] | None:
+        """The read plan of a READ(10)/READ(16) with nothing else to answer; else ``None``.
+
+        The transport's shortcut for the command that is most of a boot: it takes only what the
+        general path (:meth:`plan`, then :meth:`execute`) would answer GOOD with this very plan,
+        from a nexus already seen and with no unit attention pending, a medium loaded, no NACA or
+        protection bits, at least one block and all of them inside the disk and the transfer
+        limit. ``None`` means "ask the general path", which also reports every error.
+        """
+        layout = _PLAIN_READS.get(cdb[0]) if cdb else None
+        if layout is None or len(cdb) < layout.size or cdb[layout.size - 1] & NACA:
+            return None
+        pending = self._nexuses.get(nexus)
+        if pending is None or pending or not self._loaded:
+            return None
+        flags, lba, blocks = layout.decode(cdb)
+        if (
+            flags & PROTECT_FIELDS
+            or not blocks
+            or lba + blocks > self.blocks
+            or blocks > self.limits.max_transfer_blocks
+        ):
+            return None
+        shift = self.block_shift
+        try:
+            return self.device.read_plan(lba << shift, blocks << shift)
+        except (StorageError, OSError):
+            return None
 
     def execute(
         self, cdb: bytes, data_out: bytes | bytearray | memoryview | None, nexus: Hashable

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from diskless.scsi.lu import LogicalUnit
 
 __all__ = [
+    "PROTECT_FIELDS",
     "plan_read_capacity_10",
     "plan_read_capacity_16",
     "plan_unmap",
@@ -51,7 +52,8 @@ __all__ = [
 
 Handlers = tuple[PlanFunction, RunFunction]
 
-_PROTECT = 0xE0  # byte 1 bits 7-5: RDPROTECT / WRPROTECT / VRPROTECT
+PROTECT_FIELDS = 0xE0
+"""Byte 1 bits 7-5 of a block command: RDPROTECT / WRPROTECT / VRPROTECT (none supported)."""
 _FUA = 0x08
 _BYTCHK_SHIFT = 1  # VERIFY byte 1 bits 2-1
 _BYTCHK_RESERVED = 2
@@ -87,7 +89,7 @@ _UNMAP_DESCRIPTOR_SIZE = _UNMAP_DESCRIPTOR.size
 def _transfer_fields(unit: LogicalUnit, cdb: bytes, layout: BlockLayout) -> tuple[int, int, int]:
     """(flags, LBA, blocks) of a READ/WRITE-style CDB, validated."""
     flags, lba, blocks = layout.decode(cdb)
-    if flags & _PROTECT:
+    if flags & PROTECT_FIELDS:
         raise invalid_field(1, 7)
     if lba + blocks > unit.blocks:
         raise CheckCondition(SenseKey.ILLEGAL_REQUEST, Asc.LBA_OUT_OF_RANGE)
@@ -178,7 +180,7 @@ def verifier(layout: BlockLayout) -> Handlers:
 
     def fields(unit: LogicalUnit, cdb: bytes) -> tuple[int, int, int]:
         flags, lba, blocks = layout.decode(cdb)
-        if flags & _PROTECT:
+        if flags & PROTECT_FIELDS:
             raise invalid_field(1, 7)
         bytchk = (flags >> _BYTCHK_SHIFT) & 0x03
         if bytchk == _BYTCHK_RESERVED:
@@ -250,7 +252,7 @@ def write_same(layout: BlockLayout, *, sixteen: bool) -> Handlers:
 
     def fields(unit: LogicalUnit, cdb: bytes) -> tuple[int, int, int, bool]:
         flags, lba, blocks = layout.decode(cdb)
-        if flags & _PROTECT:
+        if flags & PROTECT_FIELDS:
             raise invalid_field(1, 7)
         if flags & _ANCHOR:
             raise invalid_field(1, 4)
