@@ -364,7 +364,12 @@ class _PduBuffer:
                 return None  # skip it once it is all here, then Reject
             self._position = start + total
             raise
-        total = BHS_LENGTH + self._rest(header.total_ahs_length, header.data_segment_length)
+        ahs_length, length = header.total_ahs_length, header.data_segment_length
+        if not (ahs_length or length or self._header_digest):
+            # The 48 bytes are the whole PDU: every READ and every NOP-Out ping.
+            self._position = start + BHS_LENGTH
+            return decode_request(header, b"", b"")
+        total = BHS_LENGTH + self._rest(ahs_length, length)
         if available < total:
             return None
         self._position = start + total
@@ -376,7 +381,6 @@ class _PduBuffer:
                 # RFC 7143 §7.8: a header that fails its digest can't be trusted for framing.
                 raise MalformedPdu("header digest error", bhs=raw)
             offset += DIGEST_LENGTH
-        length = header.data_segment_length
         data = bytes(buffer[offset : offset + length])
         if self._data_digest and length:
             end = offset + length + pad_length(length)
@@ -482,7 +486,12 @@ class _Link:
             close = close or frame.close_after
         if parts:
             self.writer.writelines(parts)
-        await self.writer.drain()
+        writer = self.writer
+        # drain() only ever waits for a queue above the high-water mark; with nothing queued (the
+        # socket took it all, as it nearly always does) skipping it saves a coroutine round per
+        # batch. A closed connection then shows as end of stream at the next read.
+        if writer.transport.get_write_buffer_size() or writer.transport.is_closing():
+            await writer.drain()
         return close
 
     def _write_before_file(self, parts: list[bytes | bytearray | memoryview]) -> None:
