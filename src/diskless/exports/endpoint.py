@@ -22,13 +22,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
-import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
+from typing import Any
 
 from diskless.boot.events import BootEvent, BootStage, BootTimeline
 from diskless.boot.policy import iscsi_shard
@@ -38,11 +37,12 @@ from diskless.exports.plan import DiskExport
 from diskless.iscsi.endpoint import IscsiPortal, PortalStats
 from diskless.iscsi.login import LoginResult
 from diskless.iscsi.target import Target, TargetRegistry, disk_target
-from diskless.observe.log import configure_logging, get_logger
+from diskless.observe.log import get_logger
 from diskless.storage.diskhandle import DiskHandle
 from diskless.storage.disks import DiskManager, DiskMode
 from diskless.storage.errors import ImageBusyError
 from diskless.storage.library import ImageLibrary
+from diskless.workers import Worker, detach, run_worker, serve_until_stopped, stop_workers
 
 __all__ = ["IscsiService"]
 
@@ -50,8 +50,6 @@ _log = get_logger(__name__)
 _BOOT_STAGES = frozenset({BootStage.DHCP_OFFER, BootStage.PROXY_OFFER})
 _WORKER_START_TIMEOUT = 60.0
 _WORKER_STOP_TIMEOUT = 15.0
-# How often a worker reports its counters to the main process (only when they changed).
-_STATS_INTERVAL = 1.0
 
 Addresses = list[tuple[str, int]]
 
@@ -304,7 +302,7 @@ class IscsiService:
     addresses: Addresses = field(default_factory=list)
     """Where the portals listen, once ``ready`` is set."""
     _shard: _Shard | None = None
-    _workers: list[tuple[BaseProcess, Connection]] = field(default_factory=list)
+    _workers: list[Worker] = field(default_factory=list)
     _worker_stats: dict[int, tuple[PortalStats, int, int]] = field(default_factory=dict)
     _releases: dict[tuple[int, str], asyncio.Future[str | None]] = field(default_factory=dict)
 
@@ -381,7 +379,7 @@ class IscsiService:
         """The portal's counters, its open sessions and the disks exported, for metrics.
 
         ``None`` before the portal starts. With worker processes: the sums of their last
-        reports (at most ``_STATS_INTERVAL`` old), once one has reported.
+        reports (at most a second or so old), once one has reported.
         """
         if self._worker_stats:
             total = PortalStats()
@@ -480,46 +478,22 @@ class IscsiService:
             if answer is not None and not answer.done():
                 answer.set_result(message[2])
 
-    async def _stop_workers(self, workers: list[tuple[BaseProcess, Connection]]) -> None:
-        loop = asyncio.get_running_loop()
-        for _process, connection in workers:
-            with contextlib.suppress(OSError, ValueError):
-                loop.remove_reader(connection.fileno())
-            with contextlib.suppress(OSError, ValueError):
-                connection.send(("stop",))
-        deadline = time.monotonic() + _WORKER_STOP_TIMEOUT
-        for process, connection in workers:
-            # Each worker flushes and closes its disks before it exits.
-            while process.is_alive() and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            if process.is_alive():
-                _log.error("iscsi worker did not stop; killing it", pid=process.pid)
-                process.kill()
-                process.join(5)
-            connection.close()
+    async def _stop_workers(self, workers: list[Worker]) -> None:
+        detach(workers, asyncio.get_running_loop())
+        # Each worker flushes and closes its disks before it exits: wait off the loop.
+        await asyncio.to_thread(stop_workers, workers, timeout=_WORKER_STOP_TIMEOUT, what="iscsi")
 
 
 def _worker_main(
     settings: Settings, index: int, exports: list[DiskExport], connection: Connection
 ) -> None:
     """A worker process: one shard on ``iscsi.port + index``, steered over ``connection``."""
-    # The main process decides when to stop (after a signal to the whole process group too).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    configure_logging(settings.logging)
-    try:
-        asyncio.run(_worker(settings, index, exports, connection))
-    except DisklessError as exc:
-        with contextlib.suppress(OSError):
-            connection.send(("failed", str(exc)))
-        raise SystemExit(1) from exc
+    run_worker(lambda: _worker(settings, index, exports, connection), connection, settings.logging)
 
 
 async def _worker(
     settings: Settings, index: int, exports: list[DiskExport], connection: Connection
 ) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
     shard = _Shard(
         settings.iscsi.host,
         settings.iscsi.port + index,
@@ -528,12 +502,7 @@ async def _worker(
         record=lambda event: connection.send(("event", event)),
     )
 
-    def from_main() -> None:
-        try:
-            message = connection.recv()
-        except (EOFError, OSError):
-            stop.set()  # The main process is gone: stop serving.
-            return
+    def from_main(message: tuple[Any, ...]) -> None:
         if message[0] == "boot":
             shard.new_boot(message[1])
         elif message[0] == "exports":
@@ -542,39 +511,21 @@ async def _worker(
             connection.send(("released", message[1], shard.release(message[1])))
         elif message[0] == "restore":
             shard.restore(message[1])
-        elif message[0] == "stop":
-            stop.set()
 
-    loop.add_reader(connection.fileno(), from_main)
-    serving = asyncio.create_task(
-        shard.run(lambda addresses: connection.send(("ready", addresses)))
-    )
-    stopping = asyncio.create_task(stop.wait())
-    reporting = asyncio.create_task(_report_stats(shard, connection))
-    await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    for task in (reporting, serving, stopping):
-        task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await serving
-
-
-async def _report_stats(shard: _Shard, connection: Connection) -> None:
-    """Send the shard's portal counters to the main process when they change, once a second."""
-    last: tuple[PortalStats, int, int] | None = None
-    while True:
-        await asyncio.sleep(_STATS_INTERVAL)
+    def report() -> tuple[PortalStats, int, int] | None:
         portal = shard.portal
         if portal is None:
-            continue
+            return None
         # A copy: the pickled report must not alias the live counters.
-        report = (
+        return (
             PortalStats(**asdict(portal.stats)),
             len(portal.sessions.sessions()),
             shard.exported,
         )
-        if report != last:
-            try:
-                connection.send(("stats", report))
-            except (OSError, ValueError):
-                return  # The main process is gone; from_main stops the worker.
-            last = report
+
+    await serve_until_stopped(
+        shard.run(lambda addresses: connection.send(("ready", addresses))),
+        connection,
+        on_message=from_main,
+        report=report,
+    )

@@ -520,20 +520,17 @@ class FullFeatureConnection:
         if status is not None and length <= self._segment:
             # One PDU carrying the status, what most reads of a boot are: no cutting loop.
             whole = sum(extent.length for extent in extents) == length
-            header = encode_data_in(
-                itt=command.itt,
-                datasn=0,
-                buffer_offset=0,
-                data_length=length,
-                expcmdsn=self._window.expcmdsn,
-                maxcmdsn=self._window.maxcmdsn,
-                statsn=self._take_statsn(),
-                status=status,
-                residual_count=residual if (overflow or underflow) else 0,
+            piece = extents if whole else next(_split_extents(extents, length, length))
+            header = self._final_data_in(
+                command,
+                0,
+                0,
+                length,
+                status,
                 overflow=overflow,
                 underflow=underflow,
+                residual=residual,
             )
-            piece = extents if whole else next(_split_extents(extents, length, length))
             out.append(Frame(header, piece, length))
             return
         burst = self._params.max_burst_length
@@ -544,18 +541,15 @@ class FullFeatureConnection:
             # RFC 7143 §11.7.1: F marks the end of each Data-In sequence (MaxBurstLength).
             sequence_end = last or (offset + size) % burst == 0
             if last and status is not None:
-                header = encode_data_in(
-                    itt=command.itt,
-                    datasn=datasn,
-                    buffer_offset=offset,
-                    data_length=size,
-                    expcmdsn=self._window.expcmdsn,
-                    maxcmdsn=self._window.maxcmdsn,
-                    statsn=self._take_statsn(),
-                    status=status,
-                    residual_count=residual if (overflow or underflow) else 0,
+                header = self._final_data_in(
+                    command,
+                    datasn,
+                    offset,
+                    size,
+                    status,
                     overflow=overflow,
                     underflow=underflow,
+                    residual=residual,
                 )
             else:
                 header = encode_data_in(
@@ -570,6 +564,33 @@ class FullFeatureConnection:
                 )
             out.append(Frame(header, piece, size))
             offset += size
+
+    def _final_data_in(
+        self,
+        command: ScsiCommand,
+        datasn: int,
+        offset: int,
+        size: int,
+        status: int,
+        *,
+        overflow: bool,
+        underflow: bool,
+        residual: int,
+    ) -> bytes:
+        """The header of the Data-In PDU that ends ``command`` and carries its status."""
+        return encode_data_in(
+            itt=command.itt,
+            datasn=datasn,
+            buffer_offset=offset,
+            data_length=size,
+            expcmdsn=self._window.expcmdsn,
+            maxcmdsn=self._window.maxcmdsn,
+            statsn=self._take_statsn(),
+            status=status,
+            residual_count=residual if (overflow or underflow) else 0,
+            overflow=overflow,
+            underflow=underflow,
+        )
 
     # -- other requests -------------------------------------------------------------------------
 

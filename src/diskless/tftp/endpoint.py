@@ -57,7 +57,6 @@ import heapq
 import multiprocessing
 import os
 import select
-import signal
 import socket
 import struct
 import threading
@@ -65,13 +64,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from diskless.boot.events import BootEvent, BootStage, BootTimeline
 from diskless.config import BootSettings, LoggingSettings, TftpSettings
 from diskless.errors import ConfigError, DisklessError
-from diskless.observe.log import configure_logging, get_logger
+from diskless.observe.log import get_logger
+from diskless.workers import Worker, detach, run_worker, serve_until_stopped, stop_workers
 
 from .codec import (
     MAX_REQUEST_LENGTH,
@@ -178,8 +177,6 @@ class _Alarm:
 # provider hangs it).
 _STOP_TIMEOUT = 10.0
 _WORKER_START_TIMEOUT = 60.0
-# How often a worker reports its counters to the main process (only when they changed).
-_STATS_INTERVAL = 1.0
 SentHook = Callable[[str, str], None]
 """Called on the event loop with (client address, file name) for each completed transfer."""
 
@@ -249,7 +246,7 @@ class TftpService:
         self._on_sent = on_sent
         self._worker_count = settings.workers if spawn_workers and virtual is None else 1
         self._reuse_port = settings.workers > 1
-        self._workers: list[tuple[BaseProcess, Connection]] = []
+        self._workers: list[Worker] = []
         self._worker_stats: dict[int, dict[str, int]] = {}
         self._catalog = FileCatalog(
             root=root,
@@ -856,21 +853,10 @@ class TftpService:
 
     def _stop_workers(self) -> None:
         workers, self._workers = self._workers, []
-        loop = self._loop
-        for _process, connection in workers:
-            if loop is not None:
-                with contextlib.suppress(OSError, ValueError):
-                    loop.remove_reader(connection.fileno())
-            with contextlib.suppress(OSError, ValueError):
-                connection.send(("stop",))
-        for process, connection in workers:
-            # Each worker ends its transfers and closes its sockets before it exits.
-            process.join(_STOP_TIMEOUT)
-            if process.is_alive():
-                _log.error("tftp worker did not stop; killing it", pid=process.pid)
-                process.kill()
-                process.join(5)
-            connection.close()
+        if self._loop is not None:
+            detach(workers, self._loop)
+        # Each worker ends its transfers and closes its sockets before it exits.
+        stop_workers(workers, timeout=_STOP_TIMEOUT, what="tftp")
 
 
 def _worker_main(
@@ -881,24 +867,12 @@ def _worker_main(
     connection: Connection,
 ) -> None:
     """A worker process: a :class:`TftpService` on the main one's port, steered over a pipe."""
-    # The main process decides when to stop (a signal reaches the whole process group too).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if logging is not None:
-        configure_logging(logging)
-    try:
-        asyncio.run(_worker(settings, boot, root, connection))
-    except DisklessError as exc:
-        with contextlib.suppress(OSError):
-            connection.send(("failed", str(exc)))
-        raise SystemExit(1) from exc
+    run_worker(lambda: _worker(settings, boot, root, connection), connection, logging)
 
 
 async def _worker(
     settings: TftpSettings, boot: BootSettings, root: Path, connection: Connection
 ) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
     service = TftpService(
         settings,
         boot,
@@ -906,41 +880,11 @@ async def _worker(
         on_sent=lambda address, name: connection.send(("sent", address, name)),
         spawn_workers=False,
     )
-
-    def from_main() -> None:
-        try:
-            message = connection.recv()
-        except (EOFError, OSError):
-            stop.set()  # The main process is gone: stop serving.
-            return
-        if message[0] == "stop":
-            stop.set()
-
     await service.start()
     connection.send(("ready",))
-    loop.add_reader(connection.fileno(), from_main)
-    serving = asyncio.create_task(service.run())
-    stopping = asyncio.create_task(stop.wait())
-    reporting = asyncio.create_task(_report_stats(service, connection))
-    await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    for task in (reporting, serving, stopping):
-        task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await serving
-
-
-async def _report_stats(service: TftpService, connection: Connection) -> None:
-    """Send the worker's counters to the main process when they change, once a second."""
-    last: dict[str, int] | None = None
-    while True:
-        await asyncio.sleep(_STATS_INTERVAL)
-        report = service.stats.as_dict()
-        if report != last:
-            try:
-                connection.send(("stats", report))
-            except (OSError, ValueError):
-                return  # The main process is gone; from_main stops the worker.
-            last = report
+    await serve_until_stopped(
+        service.run(), connection, on_message=lambda _: None, report=service.stats.as_dict
+    )
 
 
 def _local_address(ancillary: list[tuple[int, int, bytes]], listener: socket.socket) -> str:
