@@ -11,7 +11,7 @@ from diskless.cli.client import api_client
 from diskless.cli.image import say
 from diskless.cli.output import JsonOption, emit, emit_one
 from diskless.cli.progress import confirm_or_fail
-from diskless.cli.targets import parse_target
+from diskless.cli.targets import request_fields
 from diskless.errors import DisklessError
 from diskless.storage.disks import DiskMode
 
@@ -34,18 +34,6 @@ _CLEARABLE = ("image", "image_version", "disk_mode", "boot", "chap_policy")
 
 def _path(name: str) -> str:
     return f"/groups/{quote(name, safe='')}"
-
-
-def _body(**values: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {}
-    for name, value in values.items():
-        if value is None:
-            continue
-        if isinstance(value, DiskMode):
-            body[name] = value.value
-        else:
-            body[name] = parse_target(value) if name == "boot" else value
-    return body
 
 
 def _row(record: dict[str, Any]) -> dict[str, Any]:
@@ -96,13 +84,15 @@ def add_group(
     as_json: JsonOption = False,
 ) -> None:
     """Add a group."""
-    body = {"name": name} | _body(
-        description=description,
-        image=image,
-        image_version=version,
-        disk_mode=mode,
-        boot=boot,
-        chap_policy=chap_policy,
+    body = {"name": name} | request_fields(
+        {
+            "description": description,
+            "image": image,
+            "image_version": version,
+            "disk_mode": mode,
+            "boot": boot,
+            "chap_policy": chap_policy,
+        }
     )
     record = api_client(ctx).post("/groups", body)
     if as_json:
@@ -130,20 +120,19 @@ def set_group(
     as_json: JsonOption = False,
 ) -> None:
     """Change the fields given; its machines follow."""
-    body = _body(
-        name=new_name,
-        description=description,
-        image=image,
-        image_version=version,
-        disk_mode=mode,
-        boot=boot,
-        chap_policy=chap_policy,
+    body = request_fields(
+        {
+            "name": new_name,
+            "description": description,
+            "image": image,
+            "image_version": version,
+            "disk_mode": mode,
+            "boot": boot,
+            "chap_policy": chap_policy,
+        },
+        clear=clear or (),
+        clearable=_CLEARABLE,
     )
-    for given in clear or ():
-        field = given.replace("-", "_")
-        if field not in _CLEARABLE:
-            raise DisklessError(f"--clear {given}: not a field that can be cleared")
-        body[field] = None
     if not body:
         raise DisklessError("nothing to change: give at least one option (see --help)")
     record = api_client(ctx).patch(_path(name), body)

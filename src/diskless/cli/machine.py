@@ -25,7 +25,7 @@ from diskless.cli.targets import (
     InitrdOpt,
     KernelOpt,
     UrlOpt,
-    parse_target,
+    request_fields,
     target_from_options,
 )
 from diskless.errors import ConfigError, DisklessError
@@ -90,21 +90,6 @@ def _say_or_json(record: dict[str, Any], message: str, *, as_json: bool) -> None
         say(message)
 
 
-def _fields(**values: Any) -> dict[str, Any]:
-    """The options given (``None``: not given), with JSON-ready values."""
-    body: dict[str, Any] = {}
-    for name, value in values.items():
-        if value is None:
-            continue
-        if isinstance(value, DiskMode):
-            body[name] = value.value
-        elif name == "boot":
-            body[name] = parse_target(value)
-        else:
-            body[name] = value
-    return body
-
-
 @app.command("list")
 def list_machines(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """List the machines the server knows."""
@@ -139,16 +124,18 @@ def add_machine(
 ) -> None:
     """Add a machine; fields left out come from its group."""
     body = {"mac": mac, "hostname": hostname}
-    body |= _fields(
-        ip=ip,
-        group=group,
-        image=image,
-        image_version=version,
-        disk_mode=mode,
-        boot=boot,
-        initiator_name=initiator_name,
-        chap_secret=chap_secret,
-        notes=notes,
+    body |= request_fields(
+        {
+            "ip": ip,
+            "group": group,
+            "image": image,
+            "image_version": version,
+            "disk_mode": mode,
+            "boot": boot,
+            "initiator_name": initiator_name,
+            "chap_secret": chap_secret,
+            "notes": notes,
+        }
     )
     record = api_client(ctx).post("/machines", body)
     _say_or_json(record, f"added machine {record['hostname']} ({record['mac']})", as_json=as_json)
@@ -197,24 +184,23 @@ def set_machine(
     as_json: JsonOption = False,
 ) -> None:
     """Change the fields given; the others stay as they are."""
-    body = _fields(
-        mac=mac,
-        hostname=hostname,
-        ip=ip,
-        group=group,
-        image=image,
-        image_version=version,
-        disk_mode=mode,
-        boot=boot,
-        initiator_name=initiator_name,
-        chap_secret=chap_secret,
-        notes=notes,
+    body = request_fields(
+        {
+            "mac": mac,
+            "hostname": hostname,
+            "ip": ip,
+            "group": group,
+            "image": image,
+            "image_version": version,
+            "disk_mode": mode,
+            "boot": boot,
+            "initiator_name": initiator_name,
+            "chap_secret": chap_secret,
+            "notes": notes,
+        },
+        clear=clear or (),
+        clearable=_CLEARABLE,
     )
-    for name in clear or ():
-        field = name.replace("-", "_")
-        if field not in _CLEARABLE:
-            raise DisklessError(f"--clear {name}: not a field that can be cleared")
-        body[field] = None
     if not body:
         raise DisklessError("nothing to change: give at least one option (see --help)")
     record = api_client(ctx).patch(machine_path(key), body)

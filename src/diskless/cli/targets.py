@@ -2,17 +2,20 @@
 
 The server validates the target (a bad one is a 422 naming the field, e.g.
 ``target.linux.kernel``), so this module only builds the JSON object; it checks nothing the
-API does not check again.
+API does not check again. :func:`request_fields` turns the options of an add or set command
+(machines, groups), a boot target among them, into the fields of its request.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any
 
 import typer
 
 from diskless.errors import DisklessError
+from diskless.storage.disks import DiskMode
 
 __all__ = [
     "KINDS",
@@ -23,6 +26,7 @@ __all__ = [
     "KernelOpt",
     "UrlOpt",
     "parse_target",
+    "request_fields",
     "target_from_options",
 ]
 
@@ -74,3 +78,26 @@ def target_from_options(target: str, **options: Any) -> dict[str, Any]:
         if option is not None and option != []:
             value[name] = option
     return value
+
+
+def request_fields(
+    values: Mapping[str, object], *, clear: Iterable[str] = (), clearable: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The options given (``None``: not given) as JSON-ready request fields, ``boot`` parsed as
+    a target, and ``null`` for each field named by ``--clear`` (one of ``clearable``)."""
+    body: dict[str, Any] = {}
+    for name, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, DiskMode):
+            body[name] = value.value
+        elif name == "boot":
+            body[name] = parse_target(str(value))
+        else:
+            body[name] = value
+    for given in clear:
+        field = given.replace("-", "_")
+        if field not in clearable:
+            raise DisklessError(f"--clear {given}: not a field that can be cleared")
+        body[field] = None
+    return body
