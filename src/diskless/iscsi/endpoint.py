@@ -1,7 +1,8 @@
 """The asyncio shell of the iSCSI target: TCP connections in, PDUs through the state machines, out.
 
-One task per connection reads PDUs with their digests, feeds the login machine and then the full
-feature connection, and writes what they answer. Data-In extents that live in a file go out with
+Each connection is a buffered protocol: the socket reads into one buffer per connection, the login
+machine and then the full feature connection answer the PDUs cut from it within the same
+callback, and the answers are written at once. Data-In extents that live in a file go out with
 ``sendfile`` (the golden image never passes through Python), unless a data digest must be computed
 over them. Bad input never takes the server down: a PDU that can't be decoded is rejected or, if
 its framing is lost, the connection is closed; other sessions carry on.
@@ -22,17 +23,17 @@ from diskless.iscsi.connection import Frame, FullFeatureConnection
 from diskless.iscsi.discovery import PortalInfo
 from diskless.iscsi.errors import DigestError, MalformedPdu
 from diskless.iscsi.login import LOGIN_MAX_DATA_SEGMENT_LENGTH, LoginMachine, LoginResult
-from diskless.iscsi.negotiation import Digest, SessionParameters, TargetLimits
+from diskless.iscsi.negotiation import Digest, TargetLimits
 from diskless.iscsi.pdu import (
     BHS_LENGTH,
     DIGEST_LENGTH,
-    BasicHeader,
     DataDigest,
     LoginRequest,
     Opcode,
     RejectReason,
     Request,
     ScsiCommand,
+    decode_bare_scsi_command,
     decode_request,
     header_digest,
     pad_length,
@@ -60,8 +61,11 @@ LOGIN_TIMEOUT = 30.0
 # How long close() waits for connections to wind down after their transports were aborted.
 _CLOSE_GRACE = 5.0
 _ZEROS = bytes(256 << 10)
-# Bytes asked of the socket at a time: a few PDUs' worth, and one 256 KiB Data-Out.
-_READ_CHUNK = 256 << 10
+# The receive buffer during login: one login PDU (48 + AHS + 8 KiB of text) fits with room over.
+_LOGIN_BUFFER = 16 << 10
+# Room the socket gets to read into at least, once past login: a burst of pipelined commands.
+_MIN_FREE = 64 << 10
+_MAX_AHS = 255 * 4  # TotalAHSLength is one byte of 4-byte words
 
 
 @dataclass(slots=True)
@@ -97,9 +101,7 @@ class IscsiPortal:
         self._random_bytes = random_bytes
         self._login_timeout = login_timeout
         self._server: asyncio.Server | None = None
-        # Each connection's task and writer: closing a connection aborts its transport, so the
-        # task ends through its normal path instead of being cancelled mid-PDU.
-        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._connections: set[_Connection] = set()
         self.stats = PortalStats()
 
     @property
@@ -114,8 +116,13 @@ class IscsiPortal:
         self, host: str, port: int, *, reuse_port: bool = False
     ) -> list[tuple[str, int]]:
         """Listen on ``host:port``; returns the bound addresses (port 0 picks a free one)."""
-        self._server = await asyncio.start_server(
-            self._accept, host, port, reuse_address=True, reuse_port=reuse_port or None
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self, loop),
+            host,
+            port,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
         )
         addresses = [sock.getsockname()[:2] for sock in self._server.sockets]
         if not self._portal.addresses:
@@ -129,46 +136,19 @@ class IscsiPortal:
         await self._server.serve_forever()
 
     async def close(self) -> None:
-        """Stop listening, drop every connection, and wait for their tasks to finish."""
+        """Stop listening, drop every connection, and wait until each is wound down."""
         if self._server is not None:
             self._server.close()
-        tasks = list(self._connections)
-        for writer in self._connections.values():
-            writer.transport.abort()
-        if tasks:
-            _, stuck = await asyncio.wait(tasks, timeout=_CLOSE_GRACE)
-            for task in stuck:
-                task.cancel()
+        connections = list(self._connections)
+        for connection in connections:
+            connection.abort()
+        if connections:
+            await asyncio.wait([c.finished for c in connections], timeout=_CLOSE_GRACE)
         if self._server is not None:
             await self._server.wait_closed()
 
-    # -- one connection -------------------------------------------------------------------------
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections[task] = writer
-        self.stats.connections += 1
-        peer = writer.get_extra_info("peername")
-        _tune_socket(writer.get_extra_info("socket"))
-        link = _Link(reader, writer)
-        try:
-            await self._serve(link, peer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass  # the initiator went away (or we dropped it); its tasks die with the connection
-        except TimeoutError:
-            _log.warning("iSCSI login from %s timed out", peer)
-        except Exception:
-            _log.exception("iSCSI connection from %s failed", peer)
-        finally:
-            self._connections.pop(task, None)
-            link.close()
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    async def _serve(self, link: _Link, peer: object) -> None:
-        machine = LoginMachine(
+    def _new_login(self) -> LoginMachine:
+        return LoginMachine(
             self._portal,
             self._targets,
             self._sessions,
@@ -176,97 +156,11 @@ class IscsiPortal:
             self._random_bytes,
             initial_statsn=int.from_bytes(self._random_bytes(4), "big"),
         )
-        result = await asyncio.wait_for(self._login(link, machine, peer), self._login_timeout)
-        if result is None:
-            return
-        session = self._sessions.get(result.tsih)
-        if session is None:  # reinstated away before we got here
-            return
-        transport = link.writer.transport
 
-        def drop_connection() -> None:
-            # Reinstatement: the old connection's reads fail and its task ends normally.
-            transport.abort()
-
-        session.close = drop_connection
-        observed = self._on_session is not None and result.target is not None
-        if observed:
-            self._notify(result, started=True)
-        try:
-            await self._full_feature(link, result, session, peer)
-        finally:
-            self._sessions.release(session)
-            if observed:
-                self._notify(result, started=False)
-            _log.info(
-                "iSCSI session closed: initiator=%s target=%s tsih=%d",
-                result.initiator_name,
-                result.target_name,
-                result.tsih,
-            )
-
-    def _notify(self, result: LoginResult, *, started: bool) -> None:
-        assert self._on_session is not None
-        try:
-            self._on_session(result, started)
-        except Exception:
-            # An observer's bug must not take a client's disk away.
-            _log.exception("iSCSI session observer failed")
-
-    async def _login(self, link: _Link, machine: LoginMachine, peer: object) -> LoginResult | None:
-        while True:
-            header = await self._read_header(link)
-            if header is None:
-                return None
-            ahs, data = await link.read_login_rest(header)
-            if header.opcode is not Opcode.LOGIN_REQUEST:
-                step = machine.receive_other(header)
-                if step is not None:
-                    await link.write([step.pdu])
-                return None
-            request = decode_request(header, ahs, data)
-            assert isinstance(request, LoginRequest)
-            step = machine.receive(request)
-            await link.write([step.pdu])
-            if step.close:
-                self.stats.login_failures += 1
-                _log.warning(
-                    "iSCSI login from %s refused (%02x%02x): %s",
-                    peer,
-                    step.status_class,
-                    step.status_detail,
-                    step.reason,
-                )
-                return None
-            if step.result is not None:
-                self.stats.logins += 1
-                _log.info(
-                    "iSCSI login: initiator=%s target=%s isid=%s tsih=%d from %s",
-                    step.result.initiator_name,
-                    step.result.target_name,
-                    step.result.isid.hex(),
-                    step.result.tsih,
-                    peer,
-                )
-                return step.result
-
-    async def _read_header(self, link: _Link) -> BasicHeader | None:
-        """The next login-phase BHS; None (close) if it can't be parsed."""
-        raw = await link.reader.readexactly(BHS_LENGTH)
-        try:
-            return parse_bhs(raw, max_data_segment_length=LOGIN_MAX_DATA_SEGMENT_LENGTH)
-        except MalformedPdu as exc:
-            self.stats.malformed_pdus += 1
-            _log.warning("malformed PDU during login, closing the connection: %s", exc)
-            return None
-
-    async def _full_feature(
-        self, link: _Link, result: LoginResult, session: Session, peer: object
-    ) -> None:
+    def _full_feature(self, result: LoginResult, session: Session) -> FullFeatureConnection:
         target = self._targets.get(result.target_name) if result.target_name else None
-        params = result.parameters
-        connection = FullFeatureConnection(
-            parameters=params,
+        return FullFeatureConnection(
+            parameters=result.parameters,
             session_type=result.session_type,
             initiator_name=result.initiator_name,
             nexus=session.nexus,
@@ -277,116 +171,342 @@ class IscsiPortal:
             window=CommandWindow(result.expcmdsn, _window_depth(result)),
             statsn=result.statsn,
         )
-        link.configure(params)
-        pdus = _PduBuffer(link.reader, params)
+
+    def _notify(self, result: LoginResult, *, started: bool) -> None:
+        if self._on_session is None or result.target is None:
+            return
         try:
-            while True:
-                # Answer every PDU already received, then write all the answers at once: with
-                # many commands in flight this is one send() per batch instead of one per PDU.
-                frames: list[Frame] = []
-                while True:
-                    try:
-                        pdu = pdus.next()
-                    except DigestError as exc:
-                        self.stats.malformed_pdus += 1
-                        _log.warning("data digest error from %s: %s", peer, exc)
-                        frames.append(
-                            connection.reject(RejectReason.DATA_DIGEST_ERROR, exc.bhs or b"")
-                        )
-                        continue
-                    except MalformedPdu as exc:
-                        self.stats.malformed_pdus += 1
-                        if exc.data_segment_length is None:
-                            _log.warning("malformed PDU from %s, closing: %s", peer, exc)
-                            await link.write_frames(frames, connection)
-                            return
-                        _log.warning("malformed PDU from %s rejected: %s", peer, exc)
-                        frames.append(connection.reject(exc.reject_reason, exc.bhs or b""))
-                        continue
-                    if pdu is None:
-                        break
-                    if isinstance(pdu, ScsiCommand):
-                        self.stats.commands += 1
-                    frames += connection.receive(pdu)
-                if frames and await link.write_frames(frames, connection):
-                    return
-                if not await pdus.fill():
-                    return
-        finally:
-            connection.close()
+            self._on_session(result, started)
+        except Exception:
+            # An observer's bug must not take a client's disk away.
+            _log.exception("iSCSI session observer failed")
 
 
-class _PduBuffer:
-    """Whole PDUs out of the byte stream of one connection, as many as have arrived.
+class _Connection(asyncio.BufferedProtocol):
+    """One TCP connection: its login, then its full feature phase, all in transport callbacks.
 
-    Reading in large chunks and cutting PDUs out of them costs one ``read`` for a burst of
-    pipelined commands, where ``readexactly`` per header and segment would cost two each.
+    The socket reads straight into one buffer per connection (``get_buffer``), and the PDUs that
+    arrived are cut from it and answered in the same callback (``buffer_updated``): no stream copy
+    and no task wake-up per command. When the socket can't take our answers as fast as they are
+    made, reading pauses (``pause_writing``), so a connection holds at most one buffer of
+    requests and one window of answers.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, params: SessionParameters) -> None:
-        self._reader = reader
-        self._buffer = bytearray()
-        self._position = 0
+    def __init__(self, portal: IscsiPortal, loop: asyncio.AbstractEventLoop) -> None:
+        self._portal = portal
+        self._loop = loop
+        self._transport: asyncio.Transport | None = None
+        self._peer: object = None
+        self._socket_fd = -1
+        # asyncio's socket wrapper cannot send with flags; a second descriptor of the same socket
+        # can, and MSG_MORE lets a Data-In header leave in one segment with its file data.
+        self._flagged: socket.socket | None = None
+        self._buffer = bytearray(_LOGIN_BUFFER)
+        self._view = memoryview(self._buffer)
+        self._start = 0  # first byte not yet consumed
+        self._end = 0  # one past the last byte received
+        self._skip = 0  # bytes of a rejected PDU still to discard as they arrive
+        self._max_segment = LOGIN_MAX_DATA_SEGMENT_LENGTH
+        self._header_digest = False
+        self._data_digest = False
+        self._paused = False
+        self._login: LoginMachine | None = None
+        self._login_timer: asyncio.TimerHandle | None = None
+        self._result: LoginResult | None = None
+        self._session: Session | None = None
+        self._connection: FullFeatureConnection | None = None
+        self.finished: asyncio.Future[None] = loop.create_future()
+
+    # -- transport callbacks --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        portal = self._portal
+        portal._connections.add(self)
+        portal.stats.connections += 1
+        self._peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("socket")
+        _tune_socket(sock)
+        if sock is not None:
+            self._socket_fd = sock.fileno()
+            self._flagged = socket.socket(fileno=os.dup(self._socket_fd))
+        self._login = portal._new_login()
+        self._login_timer = self._loop.call_later(portal._login_timeout, self._login_expired)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._start == self._end:
+            self._start = self._end = 0
+        elif len(self._buffer) - self._end < _MIN_FREE:
+            self._compact(len(self._buffer))
+        return self._view[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._end += nbytes
+        if self._skip:
+            self._discard()
+        try:
+            self._process()
+        except Exception:
+            _log.exception("iSCSI connection from %s failed", self._peer)
+            self.abort()
+
+    def eof_received(self) -> bool:
+        return False  # the initiator is done sending: close our side too
+
+    def pause_writing(self) -> None:
+        self._paused = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.resume_reading()
+        try:
+            self._process()
+        except Exception:
+            _log.exception("iSCSI connection from %s failed", self._peer)
+            self.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        portal = self._portal
+        portal._connections.discard(self)
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+        if self._flagged is not None:
+            self._flagged.close()
+            self._flagged = None
+        try:
+            if self._connection is not None:
+                self._connection.close()
+            if self._session is not None and self._result is not None:
+                portal.sessions.release(self._session)
+                portal._notify(self._result, started=False)
+                _log.info(
+                    "iSCSI session closed: initiator=%s target=%s tsih=%d",
+                    self._result.initiator_name,
+                    self._result.target_name,
+                    self._result.tsih,
+                )
+        finally:
+            if not self.finished.done():
+                self.finished.set_result(None)
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    # -- the receive buffer ---------------------------------------------------------------------
+
+    def _compact(self, capacity: int) -> None:
+        """Move the unconsumed bytes to the front of a buffer of ``capacity`` bytes."""
+        pending = bytes(self._view[self._start : self._end])
+        if capacity != len(self._buffer):
+            # A new buffer, not a resize: the transport may still hold a view of the old one.
+            self._buffer = bytearray(capacity)
+            self._view = memoryview(self._buffer)
+        self._view[: len(pending)] = pending
+        self._start, self._end = 0, len(pending)
+
+    def _discard(self) -> None:
+        dropped = min(self._skip, self._end - self._start)
+        self._start += dropped
+        self._skip -= dropped
+
+    def _consume(self, total: int) -> bool:
+        """Step over a PDU of ``total`` bytes; False (nothing consumed) until all of it is here."""
+        if self._end - self._start >= total:
+            self._start += total
+            return True
+        if total > len(self._buffer) - _MIN_FREE:
+            self._skip = total  # bigger than we would ever buffer: drop it as it arrives
+            self._discard()
+            return True
+        return False
+
+    # -- processing -----------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        transport = self._transport
+        if self._paused or transport is None or transport.is_closing():
+            return
+        if self._connection is None:
+            self._process_login(transport)
+        if self._connection is not None and not transport.is_closing():
+            self._process_full_feature(self._connection, transport)
+
+    def _login_expired(self) -> None:
+        self._login_timer = None
+        _log.warning("iSCSI login from %s timed out", self._peer)
+        if self._transport is not None:
+            self._transport.close()
+
+    def _process_login(self, transport: asyncio.Transport) -> None:
+        machine = self._login
+        assert machine is not None
+        portal = self._portal
+        while self._end - self._start >= BHS_LENGTH:
+            start = self._start
+            try:
+                header = parse_bhs(
+                    self._view[start : start + BHS_LENGTH],
+                    max_data_segment_length=LOGIN_MAX_DATA_SEGMENT_LENGTH,
+                )
+            except MalformedPdu as exc:
+                portal.stats.malformed_pdus += 1
+                _log.warning("malformed PDU during login, closing the connection: %s", exc)
+                transport.close()
+                return
+            length = header.data_segment_length
+            ahs_end = start + BHS_LENGTH + header.total_ahs_length
+            total = ahs_end - start + length + pad_length(length)
+            if self._end - start < total:
+                return
+            self._start = start + total
+            ahs = bytes(self._view[start + BHS_LENGTH : ahs_end])
+            data = bytes(self._view[ahs_end : ahs_end + length])
+            if header.opcode is not Opcode.LOGIN_REQUEST:
+                step = machine.receive_other(header)
+                if step is not None:
+                    transport.write(step.pdu)
+                transport.close()
+                return
+            try:
+                request = decode_request(header, ahs, data)
+            except MalformedPdu as exc:
+                portal.stats.malformed_pdus += 1
+                _log.warning("malformed login request from %s, closing: %s", self._peer, exc)
+                transport.close()
+                return
+            assert isinstance(request, LoginRequest)
+            step = machine.receive(request)
+            transport.write(step.pdu)
+            if step.close:
+                portal.stats.login_failures += 1
+                _log.warning(
+                    "iSCSI login from %s refused (%02x%02x): %s",
+                    self._peer,
+                    step.status_class,
+                    step.status_detail,
+                    step.reason,
+                )
+                transport.close()
+                return
+            if step.result is not None:
+                self._enter_full_feature(step.result, transport)
+                return
+
+    def _enter_full_feature(self, result: LoginResult, transport: asyncio.Transport) -> None:
+        portal = self._portal
+        portal.stats.logins += 1
+        _log.info(
+            "iSCSI login: initiator=%s target=%s isid=%s tsih=%d from %s",
+            result.initiator_name,
+            result.target_name,
+            result.isid.hex(),
+            result.tsih,
+            self._peer,
+        )
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+        session = portal.sessions.get(result.tsih)
+        if session is None:  # reinstated away already
+            transport.close()
+            return
+        # Reinstatement drops this connection; connection_lost then releases the session.
+        session.close = transport.abort
+        self._result, self._session = result, session
+        params = result.parameters
         self._max_segment = params.max_recv_data_segment_length
         self._header_digest = params.header_digest is Digest.CRC32C
         self._data_digest = params.data_digest is Digest.CRC32C
+        largest_pdu = BHS_LENGTH + _MAX_AHS + 2 * DIGEST_LENGTH + self._max_segment + 3
+        self._compact(largest_pdu + _MIN_FREE)
+        self._connection = portal._full_feature(result, session)
+        portal._notify(result, started=True)
 
-    async def fill(self) -> bool:
-        """Wait for more bytes; False at end of stream."""
-        if self._position:
-            del self._buffer[: self._position]
-            self._position = 0
-        chunk = await self._reader.read(_READ_CHUNK)
-        if not chunk:
-            return False
-        self._buffer += chunk
-        return True
+    def _process_full_feature(
+        self, connection: FullFeatureConnection, transport: asyncio.Transport
+    ) -> None:
+        # Answer every PDU already received, then write all the answers at once: with many
+        # commands in flight this is one send() per batch instead of one per PDU.
+        stats = self._portal.stats
+        frames: list[Frame] = []
+        buffer = self._buffer
+        bare = not self._header_digest
+        while self._end - self._start >= BHS_LENGTH:
+            if bare:
+                command = decode_bare_scsi_command(buffer, self._start)
+                if command is not None:
+                    self._start += BHS_LENGTH
+                    stats.commands += 1
+                    frames += connection.receive(command)
+                    continue
+            try:
+                pdu = self._next_pdu()
+            except DigestError as exc:
+                stats.malformed_pdus += 1
+                _log.warning("data digest error from %s: %s", self._peer, exc)
+                frames.append(connection.reject(RejectReason.DATA_DIGEST_ERROR, exc.bhs or b""))
+                continue
+            except MalformedPdu as exc:
+                stats.malformed_pdus += 1
+                if exc.data_segment_length is None:
+                    _log.warning("malformed PDU from %s, closing: %s", self._peer, exc)
+                    self._send(frames, connection)
+                    transport.close()
+                    return
+                _log.warning("malformed PDU from %s rejected: %s", self._peer, exc)
+                frames.append(connection.reject(exc.reject_reason, exc.bhs or b""))
+                continue
+            if pdu is None:
+                break
+            if isinstance(pdu, ScsiCommand):
+                stats.commands += 1
+            frames += connection.receive(pdu)
+        if frames and self._send(frames, connection):
+            transport.close()
 
-    def next(self) -> Request | None:
-        """The next complete PDU, or None until more bytes arrive.
+    def _next_pdu(self) -> Request | None:
+        """The next complete PDU through the general path, or None until more bytes arrive.
 
         Raises :class:`MalformedPdu` (already skipped when its lengths were readable, so the
         caller can Reject it and go on) or :class:`DigestError`.
         """
-        buffer = self._buffer
-        start = self._position
-        available = len(buffer) - start
-        if available < BHS_LENGTH:
-            return None
-        raw = bytes(buffer[start : start + BHS_LENGTH])
+        view = self._view
+        start = self._start
+        raw = bytes(view[start : start + BHS_LENGTH])
         try:
             header = parse_bhs(raw, max_data_segment_length=self._max_segment)
         except MalformedPdu as exc:
             if exc.data_segment_length is None:
                 raise
             total = BHS_LENGTH + self._rest(exc.total_ahs_length or 0, exc.data_segment_length)
-            if available < total:
+            if not self._consume(total):
                 return None  # skip it once it is all here, then Reject
-            self._position = start + total
             raise
         ahs_length, length = header.total_ahs_length, header.data_segment_length
-        if not (ahs_length or length or self._header_digest):
-            # The 48 bytes are the whole PDU: every READ and every NOP-Out ping.
-            self._position = start + BHS_LENGTH
-            return decode_request(header, b"", b"")
         total = BHS_LENGTH + self._rest(ahs_length, length)
-        if available < total:
+        if not self._consume(total):
             return None
-        self._position = start + total
         offset = start + BHS_LENGTH
-        ahs = bytes(buffer[offset : offset + header.total_ahs_length])
-        offset += header.total_ahs_length
+        ahs = bytes(view[offset : offset + ahs_length])
+        offset += ahs_length
         if self._header_digest:
-            if bytes(buffer[offset : offset + DIGEST_LENGTH]) != header_digest(raw + ahs):
+            if bytes(view[offset : offset + DIGEST_LENGTH]) != header_digest(raw + ahs):
                 # RFC 7143 §7.8: a header that fails its digest can't be trusted for framing.
                 raise MalformedPdu("header digest error", bhs=raw)
             offset += DIGEST_LENGTH
-        data = bytes(buffer[offset : offset + length])
+        data = bytes(view[offset : offset + length])
         if self._data_digest and length:
             end = offset + length + pad_length(length)
             digest = DataDigest()
             digest.update(data)
-            if bytes(buffer[end : end + DIGEST_LENGTH]) != digest.digest():
+            if bytes(view[end : end + DIGEST_LENGTH]) != digest.digest():
                 raise DigestError("data digest mismatch", bhs=raw, data_segment_length=length)
         return decode_request(header, ahs, data)
 
@@ -397,6 +517,98 @@ class _PduBuffer:
         if self._data_digest and data_length:
             rest += DIGEST_LENGTH
         return rest
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def _send(self, frames: list[Frame], connection: FullFeatureConnection) -> bool:
+        """Send ``frames``; True when the connection must close afterwards.
+
+        Everything up to a sendfile goes to the transport in one ``writelines``, so a batch of
+        small answers costs one ``send`` rather than one per PDU.
+        """
+        transport = self._transport
+        assert transport is not None
+        close = False
+        parts: list[bytes | bytearray | memoryview] = []
+        for frame in frames:
+            header = frame.header
+            parts.append(header)
+            if self._header_digest:
+                parts.append(header_digest(header))
+            data = frame.data
+            if isinstance(data, list):
+                if (
+                    self._data_digest
+                    or frame.data_length < SENDFILE_MIN_BYTES
+                    or not _has_file(data)
+                ):
+                    self._append_data(parts, _materialize(data, frame.data_length))
+                else:
+                    self._write_before_file(transport, parts)
+                    parts = []
+                    self._stream(transport, data, frame.data_length)
+            else:
+                self._append_data(parts, data)
+            close = close or frame.close_after
+        if parts:
+            transport.writelines(parts)
+        return close
+
+    def _write_before_file(
+        self, transport: asyncio.Transport, parts: list[bytes | bytearray | memoryview]
+    ) -> None:
+        """Queue ``parts`` ahead of file data: with ``MSG_MORE`` when they can go out now."""
+        flagged = self._flagged
+        if flagged is None or transport.get_write_buffer_size():
+            transport.writelines(parts)
+            return
+        data = b"".join(parts)
+        try:
+            sent = flagged.send(data, socket.MSG_MORE)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent < len(data):
+            transport.write(data[sent:])
+
+    def _append_data(
+        self, parts: list[bytes | bytearray | memoryview], data: bytes | bytearray | memoryview
+    ) -> None:
+        if not data:
+            return
+        parts.append(data)
+        padding = pad_length(len(data))
+        if padding:
+            parts.append(bytes(padding))
+        if self._data_digest:
+            digest = DataDigest()
+            digest.update(data)
+            parts.append(digest.digest())
+
+    def _stream(self, transport: asyncio.Transport, extents: list[Extent], length: int) -> None:
+        """Write a Data-In segment piece by piece, file extents with ``sendfile``.
+
+        While the transport has nothing queued, ``os.sendfile`` goes straight to the socket: one
+        syscall and no copy through Python. What the socket can't take at once is read and
+        queued on the transport like any other data, so the connection never waits here
+        (``loop.sendfile`` would pause the transport and wait for it to drain, which costs more
+        than the copy it saves).
+        """
+        for extent in extents:
+            if isinstance(extent, FileExtent):
+                offset, remaining = extent.offset, extent.length
+                if self._socket_fd >= 0 and transport.get_write_buffer_size() == 0:
+                    offset, remaining = _sendfile_now(self._socket_fd, extent.fd, offset, remaining)
+                if remaining:
+                    rest = bytearray(remaining)
+                    pread_exact(extent.fd, memoryview(rest), offset)
+                    transport.write(rest)
+            elif isinstance(extent, ZeroExtent):
+                _write_zeros(transport, extent.length)
+            else:
+                transport.write(bytes(extent.data))
+        padding = pad_length(length)
+        if padding:
+            transport.write(bytes(padding))
 
 
 def _window_depth(result: LoginResult) -> int:
@@ -414,146 +626,11 @@ def _tune_socket(sock: socket.socket | None) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, _KEEPALIVE_COUNT)
 
 
-class _Link:
-    """Reading and writing whole PDUs on one connection, with the negotiated digests."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self._header_digest = False
-        self._data_digest = False
-        sock = writer.get_extra_info("socket")
-        self._socket_fd = sock.fileno() if sock is not None else -1
-        # asyncio's socket wrapper cannot send with flags; a second descriptor of the same socket
-        # can, and MSG_MORE lets a Data-In header leave in one segment with its file data.
-        self._flagged: socket.socket | None = (
-            socket.socket(fileno=os.dup(self._socket_fd)) if self._socket_fd >= 0 else None
-        )
-
-    def close(self) -> None:
-        if self._flagged is not None:
-            self._flagged.close()
-            self._flagged = None
-
-    def configure(self, params: SessionParameters) -> None:
-        self._header_digest = params.header_digest is Digest.CRC32C
-        self._data_digest = params.data_digest is Digest.CRC32C
-
-    async def read_login_rest(self, header: BasicHeader) -> tuple[bytes, memoryview]:
-        """AHS and data of a login-phase PDU (no digests exist before full feature phase)."""
-        ahs = (
-            await self.reader.readexactly(header.total_ahs_length)
-            if header.total_ahs_length
-            else b""
-        )
-        length = header.data_segment_length
-        if not length:
-            return ahs, memoryview(b"")
-        padded = await self.reader.readexactly(length + pad_length(length))
-        return ahs, memoryview(padded)[:length]
-
-    async def write(self, chunks: list[bytes]) -> None:
-        self.writer.writelines(chunks)
-        await self.writer.drain()
-
-    async def write_frames(self, frames: list[Frame], connection: FullFeatureConnection) -> bool:
-        """Send ``frames``; True when the connection must close afterwards.
-
-        Everything up to a sendfile goes to the transport in one ``writelines``, so a batch of
-        small answers costs one ``send`` rather than one per PDU.
-        """
-        close = False
-        parts: list[bytes | bytearray | memoryview] = []
-        for frame in frames:
-            header = frame.header
-            parts.append(header)
-            if self._header_digest:
-                parts.append(header_digest(header))
-            data = frame.data
-            if isinstance(data, list):
-                if (
-                    self._data_digest
-                    or frame.data_length < SENDFILE_MIN_BYTES
-                    or not _has_file(data)
-                ):
-                    self._append_data(parts, _materialize(data, frame.data_length))
-                else:
-                    self._write_before_file(parts)
-                    parts = []
-                    self._stream(data, frame.data_length)
-            else:
-                self._append_data(parts, data)
-            close = close or frame.close_after
-        if parts:
-            self.writer.writelines(parts)
-        writer = self.writer
-        # drain() only ever waits for a queue above the high-water mark; with nothing queued (the
-        # socket took it all, as it nearly always does) skipping it saves a coroutine round per
-        # batch. A closed connection then shows as end of stream at the next read.
-        if writer.transport.get_write_buffer_size() or writer.transport.is_closing():
-            await writer.drain()
-        return close
-
-    def _write_before_file(self, parts: list[bytes | bytearray | memoryview]) -> None:
-        """Queue ``parts`` ahead of file data: with ``MSG_MORE`` when they can go out now."""
-        flagged = self._flagged
-        if flagged is None or self.writer.transport.get_write_buffer_size():
-            self.writer.writelines(parts)
-            return
-        data = b"".join(parts)
-        try:
-            sent = flagged.send(data, socket.MSG_MORE)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        if sent < len(data):
-            self.writer.write(data[sent:])
-
-    def _append_data(
-        self, parts: list[bytes | bytearray | memoryview], data: bytes | bytearray | memoryview
-    ) -> None:
-        if not data:
-            return
-        parts.append(data)
-        padding = pad_length(len(data))
-        if padding:
-            parts.append(bytes(padding))
-        if self._data_digest:
-            digest = DataDigest()
-            digest.update(data)
-            parts.append(digest.digest())
-
-    def _stream(self, extents: list[Extent], length: int) -> None:
-        """Write a Data-In segment piece by piece, file extents with ``sendfile``.
-
-        While the transport has nothing queued, ``os.sendfile`` goes straight to the socket: one
-        syscall and no copy through Python. What the socket can't take at once is read and
-        queued on the transport like any other data, so the connection never waits here
-        (``loop.sendfile`` would pause the transport and wait for it to drain, which costs more
-        than the copy it saves).
-        """
-        transport = self.writer.transport
-        for extent in extents:
-            if isinstance(extent, FileExtent):
-                offset, remaining = extent.offset, extent.length
-                if transport.get_write_buffer_size() == 0:
-                    offset, remaining = _sendfile_now(self._socket_fd, extent.fd, offset, remaining)
-                if remaining:
-                    rest = bytearray(remaining)
-                    pread_exact(extent.fd, memoryview(rest), offset)
-                    self.writer.write(rest)
-            elif isinstance(extent, ZeroExtent):
-                self._write_zeros(extent.length)
-            else:
-                self.writer.write(bytes(extent.data))
-        padding = pad_length(length)
-        if padding:
-            self.writer.write(bytes(padding))
-
-    def _write_zeros(self, count: int) -> None:
-        while count:
-            step = min(count, len(_ZEROS))
-            self.writer.write(memoryview(_ZEROS)[:step])
-            count -= step
+def _write_zeros(transport: asyncio.Transport, count: int) -> None:
+    while count:
+        step = min(count, len(_ZEROS))
+        transport.write(memoryview(_ZEROS)[:step])
+        count -= step
 
 
 def _sendfile_now(socket_fd: int, fd: int, offset: int, count: int) -> tuple[int, int]:

@@ -87,6 +87,7 @@ __all__ = [
     "TextRequest",
     "crc32c",
     "data_digest",
+    "decode_bare_scsi_command",
     "decode_request",
     "encode_async_message",
     "encode_data_in",
@@ -134,6 +135,7 @@ _OPCODE_MASK = 0x3F
 _READ = 0x40
 _WRITE = 0x20
 _ATTR_MASK = 0x07
+_SCSI_COMMAND_CODE = int(Opcode.SCSI_COMMAND)
 _CONTINUE = 0x40  # Login and Text
 _TRANSIT = 0x80  # Login
 _FUNCTION_MASK = 0x7F  # TMF function, Logout reason
@@ -416,6 +418,43 @@ def _decode_scsi_command(header: BasicHeader, ahs: memoryview, data: memoryview)
         cdb=cdb + extended_cdb,
         bidi_read_expected_data_transfer_length=bidi_length,
         immediate_data=data,
+    )
+
+
+_NO_DATA: Final = memoryview(b"")
+
+
+def decode_bare_scsi_command(
+    buffer: bytes | bytearray | memoryview, offset: int = 0
+) -> ScsiCommand | None:
+    """The SCSI Command whose BHS starts at ``offset``, if it is a bare one; else ``None``.
+
+    A bare command has no AHS and no data segment: every READ, most of a boot. It is decoded in
+    one unpack straight from the receive buffer, where :func:`parse_bhs` then
+    :func:`decode_request` would unpack it twice; ``None`` (any other PDU, or fewer than 48
+    bytes) means "take the general path", which also judges every error.
+    """
+    if len(buffer) - offset < BHS_LENGTH:
+        return None
+    byte0, flags, lengths, lun, itt, edtl, cmdsn, expstatsn, cdb = _SCSI_COMMAND.unpack_from(
+        buffer, offset
+    )
+    if byte0 & _OPCODE_MASK != _SCSI_COMMAND_CODE or lengths:
+        return None
+    return ScsiCommand(
+        bool(byte0 & _IMMEDIATE),
+        bool(flags & _FINAL),
+        bool(flags & _READ),
+        bool(flags & _WRITE),
+        flags & _ATTR_MASK,
+        lun,
+        itt,
+        edtl,
+        cmdsn,
+        expstatsn,
+        cdb,
+        None,
+        _NO_DATA,
     )
 
 
