@@ -32,9 +32,11 @@ from diskless.iscsi.pdu import (
     TextRequest,
     crc32c,
     data_digest,
+    decode_bare_scsi_command,
     decode_request,
     encode_async_message,
     encode_data_in,
+    encode_good_data_in,
     encode_login_response,
     encode_logout_response,
     encode_nop_in,
@@ -390,6 +392,60 @@ def test_random_ahs_on_a_scsi_command_decodes_or_is_invalid(ahs: bytes, cdb_seed
     else:
         assert isinstance(command, ScsiCommand)
         assert len(command.cdb) >= 16
+
+
+@settings(max_examples=500, derandomize=True, database=None)
+@given(
+    st.binary(min_size=BHS_LENGTH, max_size=BHS_LENGTH + 8),
+    st.sampled_from([0x01, 0x41, 0x05, 0x00, 0x21]),
+    st.booleans(),
+    st.integers(0, 8),
+)
+def test_the_bare_command_shortcut_agrees_with_the_general_path(
+    blob: bytes, byte0: int, bare: bool, offset: int
+) -> None:
+    # The receive loop decodes bare SCSI Commands straight from its buffer: whatever it accepts
+    # must decode to exactly what parse_bhs + decode_request give, and it declines the rest.
+    raw = bytearray(blob[:BHS_LENGTH])
+    raw[0] = byte0
+    if bare:
+        raw[4:8] = bytes(4)
+    buffer = bytes(offset) + bytes(raw)
+    command = decode_bare_scsi_command(buffer, offset)
+    if command is None:
+        assert raw[0] & 0x3F != 0x01 or raw[4:8] != bytes(4)
+        return
+    assert command == decode(bytes(raw))
+
+
+def test_the_bare_command_shortcut_needs_a_whole_bhs() -> None:
+    cdb = bytes.fromhex("28000000080000000800") + bytes(6)
+    raw = bhs(0x01, 0xC1, itt=1, rest=struct.pack(">III16s", 4096, 7, 3, cdb))
+    assert decode_bare_scsi_command(raw[:47]) is None
+    assert decode_bare_scsi_command(raw) == decode(raw)
+
+
+@settings(max_examples=200, derandomize=True, database=None)
+@given(
+    st.integers(0, 0xFFFFFFFF),
+    st.integers(0, 0xFFFFFF),
+    st.integers(0, 0xFFFFFFFF),
+    st.integers(0, 0xFFFFFFFF),
+    st.integers(0, 0xFFFFFFFF),
+)
+def test_the_good_data_in_encoder_is_the_general_one(
+    itt: int, length: int, statsn: int, expcmdsn: int, maxcmdsn: int
+) -> None:
+    assert encode_good_data_in(itt, length, statsn, expcmdsn, maxcmdsn) == encode_data_in(
+        itt=itt,
+        datasn=0,
+        buffer_offset=0,
+        data_length=length,
+        expcmdsn=expcmdsn,
+        maxcmdsn=maxcmdsn,
+        statsn=statsn,
+        status=0,
+    )
 
 
 # --- target PDUs: golden bytes from the RFC 7143 §11 layouts --------------------------------

@@ -36,6 +36,7 @@ from diskless.iscsi.pdu import (
     TaskManagementResponse,
     TextRequest,
     encode_data_in,
+    encode_good_data_in,
     encode_logout_response,
     encode_nop_in,
     encode_r2t,
@@ -245,9 +246,18 @@ class FullFeatureConnection:
             self._respond(command, result, transferred_plan=None, out=out)
             return
         if not command.write:
-            extents = self._lu.plain_read(command.cdb, self._nexus)
-            if extents is not None:
+            planned = self._lu.plain_read(command.cdb, self._nexus)
+            if planned is not None:
                 # What the general path below answers for it, without its plan and checks.
+                extents, length = planned
+                if length == command.expected_data_transfer_length and length <= self._segment:
+                    # All of it in one Data-In carrying GOOD: no residual, no cutting.
+                    window = self._window
+                    header = encode_good_data_in(
+                        command.itt, length, self._take_statsn(), window.expcmdsn, window.maxcmdsn
+                    )
+                    out.append(Frame(header, extents, length))
+                    return
                 result = CommandResult(ScsiStatus.GOOD, b"", extents)
                 self._respond(command, result, transferred_plan=None, out=out)
                 return

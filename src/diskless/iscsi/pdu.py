@@ -48,6 +48,7 @@ from .framing import (
 from .responses import (
     encode_async_message,
     encode_data_in,
+    encode_good_data_in,
     encode_login_response,
     encode_logout_response,
     encode_nop_in,
@@ -91,6 +92,7 @@ __all__ = [
     "decode_request",
     "encode_async_message",
     "encode_data_in",
+    "encode_good_data_in",
     "encode_login_response",
     "encode_logout_response",
     "encode_nop_in",

@@ -22,6 +22,7 @@ from .errors import LocalProtocolError
 __all__ = [
     "encode_async_message",
     "encode_data_in",
+    "encode_good_data_in",
     "encode_login_response",
     "encode_logout_response",
     "encode_nop_in",
@@ -39,6 +40,7 @@ _ACKNOWLEDGE = 0x40  # Data-In
 _DATA_IN_OVERFLOW = 0x04
 _DATA_IN_UNDERFLOW = 0x02
 _DATA_IN_STATUS = 0x01
+_DATA_IN_OPCODE = int(Opcode.DATA_IN)
 _BIDI_OVERFLOW = 0x10  # SCSI Response "o"
 _BIDI_UNDERFLOW = 0x08  # SCSI Response "u"
 _RESIDUAL_OVERFLOW = 0x04  # SCSI Response "O"
@@ -172,6 +174,32 @@ def encode_data_in(
         lun=lun,
         itt=itt,
         words=words,
+    )
+
+
+def encode_good_data_in(
+    itt: int, data_length: int, statsn: int, expcmdsn: int, maxcmdsn: int
+) -> bytes:
+    """The one Data-In PDU of a read that returns every expected byte: GOOD, no residual.
+
+    What :func:`encode_data_in` builds with ``status=GOOD`` at DataSN 0 and offset 0, packed in
+    one call: it heads most of the PDUs a boot sends.
+    """
+    return _WORDS.pack(
+        _DATA_IN_OPCODE,
+        _FINAL | _DATA_IN_STATUS,
+        0,
+        0,
+        _lengths(data_length),
+        0,
+        itt,
+        RESERVED_TAG,
+        statsn,
+        expcmdsn,
+        maxcmdsn,
+        0,
+        0,
+        0,
     )
 
 

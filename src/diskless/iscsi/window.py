@@ -60,6 +60,10 @@ class CommandWindow(Generic[_T]):
         """
         if immediate:
             return [item]
+        if cmdsn == self._expected and not self._waiting:
+            # In order with nothing held back: what nearly every command is.
+            self._expected = (cmdsn + 1) % _SN_MODULO
+            return [item]
         if not self.in_window(cmdsn) or cmdsn in self._waiting:
             return []
         if cmdsn != self._expected:

@@ -184,8 +184,8 @@ class LogicalUnit:
         except CheckCondition as error:
             return CommandResult.check_condition(error)
 
-    def plain_read(self, cdb: bytes, nexus: Hashable) -> list[Extent] | None:
-        """The read plan of a READ(10)/READ(16) with nothing else to answer; else ``None``.
+    def plain_read(self, cdb: bytes, nexus: Hashable) -> tuple[list[Extent], int] | None:
+        """The read plan and byte count of a READ(10)/READ(16) with nothing else to answer.
 
         The transport's shortcut for the command that is most of a boot: it takes only what the
         general path (:meth:`plan`, then :meth:`execute`) would answer GOOD with this very plan,
@@ -208,8 +208,9 @@ class LogicalUnit:
         ):
             return None
         shift = self.block_shift
+        length = blocks << shift
         try:
-            return self.device.read_plan(lba << shift, blocks << shift)
+            return self.device.read_plan(lba << shift, length), length
         except (StorageError, OSError):
             return None
 
