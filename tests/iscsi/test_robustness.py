@@ -736,13 +736,21 @@ def reinstate(server: ExportServer) -> None:
             new.logout()
 
 
+def _resident_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
 def test_a_client_that_never_reads_does_not_stall_others(server: ExportServer) -> None:
     """100 pipelined 1 MiB READs whose Data-In nobody reads: that connection's writes block,
-    everyone else's must not."""
+    everyone else's must not, and the target holds a few MiB for it, not the 100 MiB asked."""
     with RawInitiator(server) as hog:
         hog.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         hog.login()
         hog.ready()
+        resident = _resident_bytes(server.process.pid)
         for index in range(100):
             hog.send(
                 hog.command_pdu(
@@ -758,6 +766,8 @@ def test_a_client_that_never_reads_does_not_stall_others(server: ExportServer) -
         done = run_tool([QEMU_IO, "-f", "raw", "-c", "read 0 4M", server.url()], timeout=20)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "read 4194304/4194304" in done.stdout
+        grown = _resident_bytes(server.process.pid) - resident
+        assert grown < 16 * MiB, f"the target buffered {grown / MiB:.0f} MiB for a stalled reader"
         server.assert_healthy()
 
 

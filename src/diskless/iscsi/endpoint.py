@@ -66,6 +66,9 @@ _LOGIN_BUFFER = 16 << 10
 # Room the socket gets to read into at least, once past login: a burst of pipelined commands.
 _MIN_FREE = 64 << 10
 _MAX_AHS = 255 * 4  # TotalAHSLength is one byte of 4-byte words
+# Answers gathered before they are sent and the socket's backlog is looked at: at most this many
+# Data-In segments (each up to the initiator's MaxRecvDataSegmentLength) wait in memory.
+_FLUSH_FRAMES = 16
 
 
 @dataclass(slots=True)
@@ -439,6 +442,15 @@ class _Connection(asyncio.BufferedProtocol):
         buffer = self._buffer
         bare = not self._header_digest
         while self._end - self._start >= BHS_LENGTH:
+            if len(frames) >= _FLUSH_FRAMES:
+                # A long pipeline of reads: send what is ready, and leave the rest of the
+                # requests in the buffer while the socket is full (resume_writing comes back).
+                if self._send(frames, connection):
+                    transport.close()
+                    return
+                frames = []
+                if self._paused:
+                    return
             if bare:
                 command = decode_bare_scsi_command(buffer, self._start)
                 if command is not None:
