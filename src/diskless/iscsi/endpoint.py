@@ -192,7 +192,7 @@ class _Connection(asyncio.BufferedProtocol):
     arrived are cut from it and answered in the same callback (``buffer_updated``): no stream copy
     and no task wake-up per command. When the socket can't take our answers as fast as they are
     made, reading pauses (``pause_writing``), so a connection holds at most one buffer of
-    requests and one window of answers.
+    requests and about ``_FLUSH_FRAMES`` Data-In segments of answers.
     """
 
     def __init__(self, portal: IscsiPortal, loop: asyncio.AbstractEventLoop) -> None:
@@ -233,7 +233,8 @@ class _Connection(asyncio.BufferedProtocol):
         _tune_socket(sock)
         if sock is not None:
             self._socket_fd = sock.fileno()
-            self._flagged = socket.socket(fileno=os.dup(self._socket_fd))
+            with contextlib.suppress(OSError):  # out of descriptors: headers go without MSG_MORE
+                self._flagged = socket.socket(fileno=os.dup(self._socket_fd))
         self._login = portal._new_login()
         self._login_timer = self._loop.call_later(portal._login_timeout, self._login_expired)
 
