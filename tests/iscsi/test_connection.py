@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from pathlib import Path
 
@@ -186,3 +187,52 @@ def test_unsolicited_nop_out_gets_no_answer(disk: RawImage) -> None:
     (reply,) = connection.receive(echo)
     assert _opcode(reply) == Opcode.NOP_IN
     assert reply.data == b"hello"
+
+
+def _data_out(itt: int, ttt: int, datasn: int, offset: int, data: bytes, *, final: bool) -> DataOut:
+    return DataOut(
+        final=final,
+        lun=0,
+        itt=itt,
+        ttt=ttt,
+        expstatsn=100,
+        datasn=datasn,
+        buffer_offset=offset,
+        data=memoryview(data),
+    )
+
+
+def test_an_unsolicited_burst_ended_early_fails_the_write(disk: RawImage) -> None:
+    # InitialR2T=No: the initiator owes FirstBurstLength (or the EDTL) of unsolicited data. Ending
+    # that burst with F early would leave bytes nobody asks for, so the command fails, unwritten.
+    connection = _connection(
+        disk, initial_r2t=False, immediate_data=False, first_burst_length=8 * BLOCK
+    )
+    before = disk.read(0, 16 * BLOCK)
+    command = _command(9, 1, _write10(0, 16), 16 * BLOCK, write=True)
+    frames = connection.receive(dataclasses.replace(command, final=False))  # F=0: data follows
+    assert [_opcode(frame) for frame in frames] == [Opcode.R2T]  # for the solicited half
+    assert _word(frames[0], 40) == 8 * BLOCK  # its buffer offset
+    (response,) = connection.receive(
+        _data_out(9, RESERVED_TAG, 0, 0, b"\x11" * 4 * BLOCK, final=True)
+    )
+    assert _opcode(response) == Opcode.SCSI_RESPONSE
+    assert response.header[3] == 2  # CHECK CONDITION
+    assert bytes(response.data)[2 + 2] & 0x0F == 0x0B  # ABORTED COMMAND
+    assert disk.read(0, 16 * BLOCK) == before
+
+
+def test_write_buffers_are_reused_without_leaking_old_bytes(disk: RawImage) -> None:
+    # A finished write's buffer serves the next one; a smaller write must take only its own
+    # bytes from it, and a larger one gets a buffer of its own size.
+    connection = _connection(disk, initial_r2t=True, immediate_data=False)
+    for itt, (blocks, fill) in enumerate([(256, 0xAA), (128, 0xBB), (512, 0xCC)], start=1):
+        (r2t,) = connection.receive(
+            _command(itt, itt, _write10(0, blocks), blocks * BLOCK, write=True)
+        )
+        (response,) = connection.receive(
+            _data_out(itt, _word(r2t, 20), 0, 0, bytes([fill]) * blocks * BLOCK, final=True)
+        )
+        assert response.header[3] == 0  # GOOD
+        assert disk.read(0, blocks * BLOCK) == bytes([fill]) * blocks * BLOCK
+    assert disk.read(512 * BLOCK, BLOCK) == bytes(range(256)) * 2  # past the writes: untouched

@@ -72,6 +72,12 @@ MAX_WRITE_BUFFER = 16 << 20
 MAX_ACTIVE_WRITES = 8
 # Failed write tasks whose stray Data-Out we still recognise (and ignore) without a Reject.
 _DEAD_TASK_MEMORY = 64
+# Write buffers kept for the next write once their command is done, and the smallest worth
+# keeping: a fresh 1 MiB buffer costs its page faults and zeroing on every command, while small
+# ones come cheaply from the allocator. Two cover a steady pipeline, where each finished write
+# hands its buffer to the next; an idle connection keeps at most 2 MiB.
+_SPARE_WRITE_BUFFERS = 2
+_SPARE_MIN_BYTES = 64 << 10
 _TIME2WAIT = 2
 _TIME2RETAIN = 0  # ErrorRecoveryLevel 0: nothing survives a dropped connection
 
@@ -146,6 +152,7 @@ class FullFeatureConnection:
         self._waiting_writes: deque[_WriteTask] = deque()
         self._active_writes = 0
         self._dead_tasks: dict[int, None] = {}
+        self._spare_buffers: list[bytearray] = []
         self._next_ttt = 1
         self._text_pending: dict[int, bytes] = {}
         self._closed = False
@@ -329,10 +336,23 @@ class FullFeatureConnection:
     def _activate(self, task: _WriteTask, out: list[Frame]) -> None:
         task.active = True
         self._active_writes += 1
-        task.buffer = bytearray(task.needed)
+        task.buffer = self._take_buffer(task.needed)
         task.buffer[: len(task.immediate)] = task.immediate
         task.immediate = memoryview(b"")
         self._advance_write(task, out)
+
+    def _take_buffer(self, size: int) -> bytearray:
+        """A write buffer of at least ``size`` bytes; its old contents are all overwritten, since
+        a write runs only once every byte it needs has arrived."""
+        spares = self._spare_buffers
+        for index, spare in enumerate(spares):
+            if len(spare) >= size:
+                return spares.pop(index)
+        return bytearray(size)
+
+    def _give_back(self, buffer: bytearray) -> None:
+        if len(buffer) >= _SPARE_MIN_BYTES and len(self._spare_buffers) < _SPARE_WRITE_BUFFERS:
+            self._spare_buffers.append(buffer)
 
     def _finish(self, task: _WriteTask, out: list[Frame]) -> None:
         """The task leaves the table (done, failed or aborted); a waiting write may start."""
@@ -340,6 +360,8 @@ class FullFeatureConnection:
         if task.active:
             task.active = False
             self._active_writes -= 1
+            self._give_back(task.buffer)
+            task.buffer = bytearray()
         while self._waiting_writes and self._active_writes < MAX_ACTIVE_WRITES:
             waiting = self._waiting_writes.popleft()
             if self._tasks.get(waiting.command.itt) is waiting:
@@ -411,7 +433,9 @@ class FullFeatureConnection:
         burst.next_offset += length
         burst.next_datasn += 1
         if data_out.final:
-            if burst.next_offset != burst.end and burst is not task.unsolicited:
+            if burst.next_offset != burst.end:
+                # A burst ended early, the unsolicited one included (RFC 7143 §13.14: it runs to
+                # FirstBurstLength or the EDTL): its missing bytes would never be asked for.
                 self._fail_write(task, Asc.DATA_PHASE_ERROR, out)
                 return
             if burst is task.unsolicited:
@@ -419,8 +443,8 @@ class FullFeatureConnection:
             else:
                 del task.r2ts[data_out.ttt]
             self._advance_write(task, out)
-        elif burst.next_offset == burst.end and burst is not task.unsolicited:
-            self._fail_write(task, Asc.DATA_PHASE_ERROR, out)
+        elif burst.next_offset == burst.end:
+            self._fail_write(task, Asc.DATA_PHASE_ERROR, out)  # its last PDU must carry F
 
     def _fail_write(self, task: _WriteTask, asc: Asc, out: list[Frame]) -> None:
         self._remember_dead(task.command.itt)
@@ -435,7 +459,7 @@ class FullFeatureConnection:
         command = task.command
         edtl = command.expected_data_transfer_length
         cdb = command.cdb
-        data = memoryview(task.buffer)
+        data = memoryview(task.buffer)[: task.needed]
         if edtl < task.plan.transfer_length:
             # Only the EDTL bytes the initiator sent are written (what tgt and libiscsi expect);
             # a cut inside a block can't be honoured, which libiscsi also accepts (SAM-5 §5.3).

@@ -514,7 +514,12 @@ class _Connection(asyncio.BufferedProtocol):
                 # RFC 7143 §7.8: a header that fails its digest can't be trusted for framing.
                 raise MalformedPdu("header digest error", bhs=raw)
             offset += DIGEST_LENGTH
-        data = bytes(view[offset : offset + length])
+        # A Data-Out's data is copied into its write buffer before this batch ends, so it can
+        # stay a view of the receive buffer; anything else may be kept (immediate data waiting
+        # for a write buffer, text) and gets bytes of its own.
+        data: bytes | memoryview = view[offset : offset + length]
+        if header.opcode is not Opcode.DATA_OUT:
+            data = bytes(data)
         if self._data_digest and length:
             end = offset + length + pad_length(length)
             digest = DataDigest()
