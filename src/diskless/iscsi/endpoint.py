@@ -249,11 +249,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._end += nbytes
         if self._skip:
             self._discard()
-        try:
-            self._process()
-        except Exception:
-            _log.exception("iSCSI connection from %s failed", self._peer)
-            self.abort()
+        self._process_or_drop()
 
     def eof_received(self) -> bool:
         return False  # the initiator is done sending: close our side too
@@ -269,11 +265,7 @@ class _Connection(asyncio.BufferedProtocol):
         if transport is None or transport.is_closing():
             return
         transport.resume_reading()
-        try:
-            self._process()
-        except Exception:
-            _log.exception("iSCSI connection from %s failed", self._peer)
-            self.abort()
+        self._process_or_drop()
 
     def connection_lost(self, exc: Exception | None) -> None:
         portal = self._portal
@@ -332,6 +324,14 @@ class _Connection(asyncio.BufferedProtocol):
         return False
 
     # -- processing -----------------------------------------------------------------------------
+
+    def _process_or_drop(self) -> None:
+        try:
+            self._process()
+        except Exception:
+            # A bug met by one connection's input must not reach the event loop: drop it alone.
+            _log.exception("iSCSI connection from %s failed", self._peer)
+            self.abort()
 
     def _process(self) -> None:
         transport = self._transport
