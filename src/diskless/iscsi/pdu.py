@@ -436,12 +436,13 @@ def decode_bare_scsi_command(
     :func:`decode_request` would unpack it twice; ``None`` (any other PDU, or fewer than 48
     bytes) means "take the general path", which also judges every error.
     """
-    if len(buffer) - offset < BHS_LENGTH:
+    # The opcode byte first: a Data-Out (every write's data) is turned away without an unpack.
+    if len(buffer) - offset < BHS_LENGTH or buffer[offset] & _OPCODE_MASK != _SCSI_COMMAND_CODE:
         return None
     byte0, flags, lengths, lun, itt, edtl, cmdsn, expstatsn, cdb = _SCSI_COMMAND.unpack_from(
         buffer, offset
     )
-    if byte0 & _OPCODE_MASK != _SCSI_COMMAND_CODE or lengths:
+    if lengths:
         return None
     return ScsiCommand(
         bool(byte0 & _IMMEDIATE),
